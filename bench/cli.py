@@ -1,0 +1,115 @@
+"""`bench`: the command line. Parsing lives here; each subcommand's work lives in its own module,
+imported only when that subcommand runs so `bench --help` stays instant.
+
+A ``UserError`` (or a bad flag) ends the program with one ``error: ...`` line and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message}\n")
+
+
+def _add_common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="demo", help="demo | vtab1k | fgvc (default: demo)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task of the suite)")
+    p.add_argument("--seeds", default=None, help="comma-separated integer seeds for the final fits (default: the suite's)")
+    p.add_argument("--trials", type=int, default=None, help="Optuna trials per (method, task) (default: the suite's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the suite's recipe)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the suite's recipe)")
+    p.add_argument("--data-root", default=None, help="folder holding the suite's data (real suites)")
+    p.add_argument("--pretrained", default=None, help="local backbone weights file (.npz/.pth/.safetensors)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--out", default="runs", help="output folder: studies, MLflow store, caches (default: runs)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL shared by workers (default: SQLite under --out)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or SQLite under --out)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--force", action="store_true", help="redo finished trials and final fits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("methods", help="list registered methods, parameter counts and hyperparameters")
+    p.add_argument("--backbone", default="vit_base_patch16_224", help="vit_base_patch16_224 | demo")
+    p.add_argument("--num-classes", type=int, default=100, help="head size for the 'with head' column")
+    p.set_defaults(handler="bench.methods_table:main")
+
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    c = data_sub.add_parser("check", help="validate a data root and print a table of tasks x splits")
+    c.add_argument("--suite", required=True, help="vtab1k | fgvc | demo")
+    c.add_argument("--data-root", default=None, help="the suite's data folder")
+    c.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    c.add_argument("--hash", action="store_true", help="write or validate a SHA-256 manifest of the files")
+    c.set_defaults(handler="bench.data.check:main")
+
+    p = sub.add_parser("run", help="tune, fit the final seeds, test, track and report")
+    p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    _add_common_run_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not render the leaderboard at the end")
+    p.add_argument("--report-dir", default="reports", help="where the leaderboard goes (default: reports)")
+    p.set_defaults(handler="bench.runner:main_run")
+
+    p = sub.add_parser("tune", help="run one Optuna study (one method x one task)")
+    p.add_argument("--method", required=True, help="method name")
+    p.add_argument("--task", required=True, help="task name")
+    _add_common_run_args(p)
+    p.set_defaults(handler="bench.runner:main_tune")
+
+    p = sub.add_parser("report", help="render leaderboards from MLflow")
+    p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: every suite with runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    p.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p.set_defaults(handler="bench.report:main")
+
+    p = sub.add_parser("perf", help="measure speed and memory of every method")
+    p.add_argument("--backbone", default="demo", help="demo | vit_base_patch16_224")
+    p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64 demo, 32 ViT-B)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--out", default="reports", help="where perf.md goes (default: reports)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    p.set_defaults(handler="bench.perf:main")
+    return parser
+
+
+def _resolve(handler: str):
+    module, _, func = handler.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_resolve(args.handler)(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

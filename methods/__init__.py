@@ -1,0 +1,22 @@
+"""The registry of PEFT methods: ``names()``, ``get(name)``, ``NotMergeable``.
+
+Every module in this package is imported here, so a method registered with ``@register`` in a
+new module is available everywhere without touching any other file.
+"""
+import importlib
+import pkgutil
+
+from .base import (  # noqa: F401
+    Method,
+    NotMergeable,
+    count_trainable,
+    get,
+    mark_no_weight_decay,
+    names,
+    register,
+    wants_weight_decay,
+)
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base" and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

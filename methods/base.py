@@ -1,0 +1,140 @@
+"""The method interface and its registry.
+
+A method is a small object with one contract (like an Optuna sampler): ``apply`` adapts a timm
+VisionTransformer, ``search_space`` suggests its own hyperparameters from an Optuna trial,
+``merge`` folds what it added back into a plain timm model. Registering a subclass with
+``@register`` is all it takes for the CLI, the runner and the tests to pick it up.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, "Method"] = {}
+
+
+class NotMergeable(Exception):
+    """Raised by ``merge`` for methods whose additions cannot be folded into the backbone."""
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
+    if cls.name in _REGISTRY:
+        raise TypeError(f"method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> list[str]:
+    """Sorted names of every registered method."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> "Method":
+    """The registered method called ``name``; ValueError listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(names())}") from None
+
+
+def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Flag a parameter (scale, shift, prompt ...) that the optimizer must not decay."""
+    param._no_weight_decay = True
+    return param
+
+
+def wants_weight_decay(param: nn.Parameter) -> bool:
+    """Biases, norm affines (all 1-d) and flagged method tensors get no weight decay."""
+    return param.ndim > 1 and not getattr(param, "_no_weight_decay", False)
+
+
+def count_trainable(model: nn.Module, exclude_head: bool = True) -> int:
+    """Number of trainable parameters, without the classifier head by default."""
+    return sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if p.requires_grad and not (exclude_head and n.startswith("head."))
+    )
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``defaults``, ``mergeable`` and implement
+    ``_adapt`` (and ``_merge`` when mergeable), ``search_space`` and ``_check``."""
+
+    name: str = ""
+    mergeable: bool = True
+    defaults: dict[str, Any] = {}
+    help: dict[str, str] = {}  # hyperparameter -> one-line description
+
+    # -- hyperparameters -------------------------------------------------------------------
+    def resolve(self, **hparams: Any) -> dict[str, Any]:
+        """Defaults overlaid with ``hparams``, validated; ValueError on unknown or impossible values."""
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"{self.name}: unknown hyperparameter(s) {', '.join(unknown)}; known: {known}")
+        hp = {**self.defaults, **hparams}
+        self._check(hp)
+        return hp
+
+    def _check(self, hp: dict[str, Any]) -> None:
+        """Raise ValueError naming the valid range when a value is impossible."""
+
+    def search_space(self, trial) -> dict[str, Any]:
+        """Method-specific hyperparameters suggested from an ``optuna.Trial``."""
+        return {}
+
+    # -- adapt / merge ---------------------------------------------------------------------
+    def apply(self, model: nn.Module, num_classes: int, **hparams: Any) -> nn.Module:
+        """Adapt a copy of ``model``: freeze what the method freezes, insert what it adds and
+        put a new trainable ``num_classes`` head on it. The input model is left unchanged."""
+        hp = self.resolve(**hparams)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        model = copy.deepcopy(model)
+        model.requires_grad_(False)
+        self._adapt(model, **hp)
+        model.reset_classifier(num_classes)
+        model.head.requires_grad_(True)
+        model.peft_method = self.name
+        model.peft_hparams = hp
+        return model
+
+    def _adapt(self, model: nn.Module, **hp: Any) -> None:
+        raise NotImplementedError
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """A plain timm model (same class, same state_dict keys as the un-adapted model) whose
+        logits equal ``model``'s. Works on a copy; NotMergeable for methods that cannot."""
+        if not self.mergeable:
+            raise NotMergeable(f"{self.name} adds modules that cannot be merged into the backbone")
+        model = copy.deepcopy(model)
+        self._merge(model)
+        for attr in ("peft_method", "peft_hparams"):
+            if hasattr(model, attr):
+                delattr(model, attr)
+        return model
+
+    def _merge(self, model: nn.Module) -> None:
+        """Fold the method's additions into ``model`` in place (it is already a copy)."""
+
+
+def replace_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Swap the submodule at ``dotted`` (e.g. ``blocks.3.attn.qkv``) for ``new``."""
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def swap_modules(model: nn.Module, predicate: Callable[[str, nn.Module], bool],
+                 build: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every submodule for which ``predicate(name, module)`` holds by ``build(module)``."""
+    targets = [(n, m) for n, m in model.named_modules() if n and predicate(n, m)]
+    for n, m in targets:
+        replace_module(model, n, build(m))
+    return len(targets)
