@@ -41,7 +41,8 @@ def _add_common_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bench", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="bench", description="Benchmark parameter-efficient fine-tuning methods for "
+                                               "Vision Transformers (VTAB-1k, FGVC, demo).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -98,7 +99,10 @@ def _resolve(handler: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad flag (exit 2, one line) or --help (exit 0)
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         return int(_resolve(args.handler)(args) or 0)
     except UserError as exc:

@@ -43,3 +43,112 @@ def default_tracking_uri(out: str | Path = "runs") -> str:
     if env:
         return env
     return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """HEAD of the project checkout (``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "timm", "optuna", "mlflow", "peft-bench"):
+        try:
+            out[f"version_{pkg.replace('-', '_')}"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"version_{pkg.replace('-', '_')}"] = "unknown"
+    return out
+
+
+def connect(uri: str) -> "mlflow.MlflowClient":
+    """Point MLflow at ``uri``; a malformed or unreachable store is a UserError (one line)."""
+    import mlflow
+
+    from .errors import UserError
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # mlflow raises many types for a bad URI / dead server
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
+    return client
+
+
+def experiment_id(client, suite: str, artifact_root: Path | None = None) -> str:
+    """The suite's experiment, created on first use (safe when several workers race)."""
+    name = experiment_name(suite)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        location = (artifact_root / suite).resolve().as_uri() if artifact_root else None
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_runs(client, exp_id: str, tags: dict[str, str], statuses: tuple[str, ...] = ("FINISHED",)) -> list:
+    """Runs of the experiment whose tags equal ``tags`` and whose status is in ``statuses``."""
+    clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()]
+    runs = client.search_runs([exp_id], filter_string=" and ".join(clauses), max_results=1000)
+    return [r for r in runs if r.info.status in statuses]
+
+
+class TrackedRun:
+    """One MLflow run as a context manager: FINISHED when the block ends normally, FAILED on an
+    exception (with its reason as a tag), KILLED on Ctrl-C. A SIGKILL leaves it RUNNING; the
+    runner marks such runs FAILED when it next meets them."""
+
+    def __init__(self, client, exp_id: str, name: str, tags: dict, params: dict):
+        self.client = client
+        self.run = client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+        self.id = self.run.info.run_id
+        self.log_params(params)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(__import__("time").time() * 1000)
+        self.client.log_batch(self.id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
+
+    def set_tag(self, key: str, value) -> None:
+        self.client.set_tag(self.id, key, str(value))
+
+    def __enter__(self) -> "TrackedRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.client.set_terminated(self.id, "FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.client.set_terminated(self.id, "KILLED")
+        else:
+            self.client.set_tag(self.id, "failure_reason", f"{exc_type.__name__}: {exc}"[:500])
+            self.client.set_terminated(self.id, "FAILED")
+        return False

@@ -1,0 +1,389 @@
+"""`bench run` and `bench tune`: the protocol, in code.
+
+For every (method, task): an Optuna study trains on the tuning split (train800 / FGVC train) and
+scores on the validation split; then the best hyperparameters are refitted on the final training
+split (train800val200 / train+val) for each seed and the LAST-epoch test accuracy is reported.
+The test split is opened only inside a final fit (``SplitGuard``). Every trial and final fit is
+an MLflow run; finished ones are skipped on a rerun, and claims in the Optuna storage make each
+final fit happen exactly once across concurrent workers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+import methods
+
+from . import backbones, tracking
+from .catalog import Suite, Task, load_suite
+from .errors import UserError
+from .train import Diverged, TrainConfig, fit, resolve_device, seed_everything
+from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, finished_trials,
+                   open_storage, open_study, owner_alive, owner_id, study_name)
+
+
+class ProtocolError(RuntimeError):
+    """Code tried to read the test split outside a final fit: a bug, never a user error."""
+
+
+# --------------------------------------------------------------------------- the run's spec
+@dataclass
+class RunSpec:
+    suite: Suite
+    tasks: list[Task]
+    methods: list[str]
+    seeds: list[int]
+    trials: int
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    data_root: str | None
+    pretrained: str | None
+    device: str
+    out: Path
+    storage: str | None
+    tracking_uri: str
+    workers: int = 0
+    compile: bool = False
+    force: bool = False
+
+    def protocol(self) -> dict:
+        """What makes two final fits the same experiment (their ``run_key``), minus method/task/seed."""
+        return {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
+                "batch_size": self.batch_size, "trials": self.trials}
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"{what} must list distinct integers, got {text!r}")
+    return values
+
+
+def parse_methods(text: str) -> list[str]:
+    if text.strip() == "all":
+        return methods.names()
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    if not chosen:
+        raise UserError("--methods is empty; use 'all' or names from: " + ", ".join(methods.names()))
+    for name in chosen:
+        try:
+            methods.get(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return list(dict.fromkeys(chosen))
+
+
+def _positive(value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{what} must be >= 1, got {value}")
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {path} is not writable: {exc.strerror or exc}") from None
+    return path.resolve()
+
+
+def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec:
+    """Validate every flag before anything is written."""
+    suite = load_suite(args.suite)
+    tasks = suite.select(args.tasks)
+    for value, what in ((args.trials, "--trials"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
+        _positive(value, what)
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    seeds = parse_int_list(args.seeds, "--seeds") or list(suite.recipe["seeds"])
+    if suite.needs_data_root and not args.data_root:
+        raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise UserError(f"--data-root {args.data_root} does not exist or is not a folder")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise UserError(f"pretrained weights file not found: {args.pretrained}")
+    device = resolve_device(args.device)
+    epochs = args.epochs or suite.recipe["epochs"]
+    out = Path(args.out)
+    tracking_uri = args.tracking_uri or tracking.default_tracking_uri(out)
+    if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
+        raise UserError(f"malformed --tracking-uri {tracking_uri!r}; expected e.g. sqlite:///path/mlflow.db "
+                        "or http://host:5000")
+    return RunSpec(
+        suite=suite, tasks=tasks, methods=method_names, seeds=seeds,
+        trials=args.trials or suite.recipe["trials"], epochs=epochs,
+        warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
+        batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
+        pretrained=args.pretrained, device=device, out=out, storage=args.storage,
+        tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force)
+
+
+# --------------------------------------------------------------------------- data access guard
+class SplitGuard:
+    """Opens splits for the runner and refuses the test split outside a final fit."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.phase = "tune"
+        self.cache_dir = str(spec.out / "cache")
+
+    def open(self, task: str, split: str, train: bool = False):
+        from .data import open_split
+
+        if split == self.spec.suite.splits.test and self.phase != "final":
+            raise ProtocolError(f"the test split of {task} was requested during {self.phase}")
+        return open_split(self.spec.suite, task, split, data_root=self.spec.data_root, train=train,
+                          cache_dir=self.cache_dir)
+
+
+# --------------------------------------------------------------------------- the runner
+class Runner:
+    """Holds what one `bench run` shares: backbone, stores, provenance."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.out = _writable_dir(spec.out)
+        self.client = tracking.connect(spec.tracking_uri)
+        self.exp_id = tracking.experiment_id(self.client, spec.suite.name, self.out / "artifacts")
+        self.storage = open_storage(spec.storage, self.out)
+        self.claims = Claims(self.storage)
+        self.guard = SplitGuard(spec)
+        self.backbone = backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+        weights = spec.pretrained or (backbones.DEMO_CHECKPOINT if spec.suite.backbone == "demo" else None)
+        self.provenance = {
+            "backbone": spec.suite.backbone,
+            "weights_file": str(weights) if weights else "random-init",
+            "weights_sha256": backbones.file_sha256(weights) if weights else "none",
+            "git_commit": tracking.git_commit(),
+            "device": spec.device,
+            **tracking.package_versions(),
+        }
+        self._data_hashes: dict[str, str] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def data_hash(self, task: str) -> str:
+        if task not in self._data_hashes:
+            from .data import manifest_hash
+
+            self._data_hashes[task] = manifest_hash(self.spec.suite, task, self.spec.data_root)
+        return self._data_hashes[task]
+
+    def _config(self, params: dict, seed: int, desc: str) -> TrainConfig:
+        s = self.spec
+        return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=params["lr"],
+                           weight_decay=params["weight_decay"], warmup_epochs=s.warmup_epochs, seed=seed,
+                           device=s.device, workers=s.workers, compile=s.compile, desc=desc)
+
+    def _model(self, method: str, task: Task, method_params: dict, seed: int):
+        seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
+        return methods.get(method).apply(self.backbone, num_classes=task.num_classes, **method_params)
+
+    def _tags(self, phase: str, method: str, task: Task, seed: int) -> dict:
+        return {"phase": phase, "suite": self.spec.suite.name, "method": method, "task": task.name,
+                "group": task.group, "seed": seed, "git_commit": self.provenance["git_commit"],
+                "owner": owner_id()}
+
+    def _reap(self, tags: dict) -> None:
+        """Mark FAILED the RUNNING runs matching ``tags`` whose worker process is gone."""
+        for run in tracking.find_runs(self.client, self.exp_id, tags, statuses=("RUNNING",)):
+            if not owner_alive(run.data.tags.get("owner", "")):
+                self.client.set_tag(run.info.run_id, "failure_reason", "worker died (found RUNNING on restart)")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+
+    @staticmethod
+    def _split_params(method: str, params: dict) -> tuple[dict, dict]:
+        """(common, method-specific) from a flat Optuna params dict."""
+        common = {k: params.get(k, v) for k, v in COMMON_DEFAULTS.items()}
+        specific = {k: v for k, v in params.items() if k not in COMMON_DEFAULTS}
+        return common, specific
+
+    # -- tuning --------------------------------------------------------------------------------
+    def tune(self, method: str, task: Task) -> tuple[dict, str]:
+        """Run the study up to its budget; return (best params, where they came from)."""
+        s = self.spec
+        name = study_name(s.suite.name, method, task.name)
+        seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+        study = open_study(self.storage, name, seed=seed, force=s.force)
+        if not study.trials:
+            study.enqueue_trial({**COMMON_DEFAULTS, **methods.get(method).defaults}, skip_if_exists=True)
+        self._reap({"phase": tracking.PHASE_TRIAL, "method": method, "task": task.name})
+        self.guard.phase = "tune"
+        train_ds = val_ds = None
+        while finished_trials(study) < s.trials:
+            if train_ds is None:
+                train_ds = self.guard.open(task.name, s.suite.splits.tune_train, train=True)
+                val_ds = self.guard.open(task.name, s.suite.splits.tune_val)
+            trial = study.ask()
+            trial.set_user_attr("owner", owner_id())
+            try:
+                value = self._trial(study, trial, method, task, train_ds, val_ds)
+            except optuna.TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except BaseException:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            else:
+                study.tell(trial, value)
+        return best_params(study)
+
+    def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds) -> float:
+        params = {**common_search_space(trial), **methods.get(method).search_space(trial)}
+        common, specific = self._split_params(method, params)
+        try:
+            model = self._model(method, task, specific, seed=trial.number)
+        except ValueError as exc:  # an impossible combination drawn from the space
+            trial.set_user_attr("failure_reason", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        tags = {**self._tags(tracking.PHASE_TRIAL, method, task, trial.number),
+                "study": study.study_name, "trial_number": trial.number}
+        desc = f"{method}/{task.name} trial {trial.number}"
+        pruned = None
+        with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
+                                 {**params, **self.provenance, "method": method, "task": task.name,
+                                  "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                run.log_metrics({"train_loss": metrics["train_loss"], "lr": metrics["lr"],
+                                 tracking.VAL_ACC: metrics["eval_acc"]}, step=epoch)
+                trial.report(metrics["eval_acc"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
+
+            try:
+                result = fit(model, train_ds, self._config(common, trial.number, desc), eval_ds=val_ds,
+                             eval_every_epoch=True, on_epoch=on_epoch)
+            except optuna.TrialPruned as exc:
+                run.set_tag("trial_state", "PRUNED")
+                pruned = exc
+            except Diverged as exc:
+                trial.set_user_attr("failure_reason", f"diverged: {exc}")
+                run.set_tag("trial_state", "DIVERGED")
+                raise
+            else:
+                run.log_metrics(self._summary(model, result, tracking.VAL_ACC))
+        if pruned is not None:
+            raise pruned
+        return result.eval_acc
+
+    @staticmethod
+    def _summary(model, result, acc_metric: str) -> dict:
+        return {acc_metric: result.eval_acc,
+                tracking.PARAMS_BACKBONE: methods.count_trainable(model, exclude_head=True),
+                tracking.PARAMS_TOTAL: methods.count_trainable(model, exclude_head=False),
+                tracking.TRAIN_IMG_PER_S: result.train_img_per_s,
+                tracking.EVAL_IMG_PER_S: result.eval_img_per_s,
+                tracking.PEAK_MEM_MB: result.peak_mem_mb,
+                tracking.WALL_S: result.wall_s}
+
+    # -- final fits ------------------------------------------------------------------------------
+    def run_key(self, method: str, task: Task, seed: int) -> str:
+        ident = {**self.spec.protocol(), "method": method, "task": task.name, "seed": seed,
+                 "weights_sha256": self.provenance["weights_sha256"]}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def final(self, method: str, task: Task, seed: int, params: dict, source: str) -> float | None:
+        """One final fit; returns its test accuracy, or None when it was done before or elsewhere."""
+        key = self.run_key(method, task, seed)
+        if not self.spec.force and tracking.find_runs(self.client, self.exp_id, {"run_key": key}):
+            return None
+        if not self.claims.acquire(key, force=self.spec.force):
+            return None
+        self._reap({"run_key": key})
+        self.guard.phase = "final"
+        try:
+            common, specific = self._split_params(method, params)
+            model = self._model(method, task, specific, seed)
+            train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train, train=True)
+            test_ds = self.guard.open(task.name, self.spec.suite.splits.test)
+            tags = {**self._tags(tracking.PHASE_FINAL, method, task, seed), "run_key": key,
+                    "best_params_from": source}
+            desc = f"{method}/{task.name} seed {seed}"
+            with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
+                                     {**common, **methods.get(method).resolve(**specific), **self.provenance,
+                                      "method": method, "task": task.name, "seed": seed,
+                                      "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
+                def on_epoch(epoch: int, metrics: dict) -> None:
+                    run.log_metrics({"train_loss": metrics["train_loss"], "lr": metrics["lr"]}, step=epoch)
+                    self.claims.beat(key)
+
+                result = fit(model, train_ds, self._config(common, seed, desc), eval_ds=test_ds,
+                             on_epoch=on_epoch)
+                run.log_metrics(self._summary(model, result, tracking.TEST_ACC))
+        except BaseException:
+            self.claims.release(key)
+            raise
+        finally:
+            self.guard.phase = "tune"
+        self.claims.done(key)
+        return result.eval_acc
+
+    # -- the whole plan -----------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        s = self.spec
+        pairs = [(m, t) for t in s.tasks for m in s.methods]
+        rows = []
+        for i, (method, task) in enumerate(pairs, 1):
+            prefix = f"[{i}/{len(pairs)}] {method} on {task.name}"
+            start = time.perf_counter()
+            params, source = self.tune(method, task)
+            params = {**COMMON_DEFAULTS, **methods.get(method).defaults, **params}
+            accs = []
+            for seed in s.seeds:
+                try:
+                    acc = self.final(method, task, seed, params, source)
+                except Diverged as exc:
+                    print(f"{prefix}: seed {seed} diverged ({exc}); recorded as FAILED", file=sys.stderr)
+                    continue
+                if acc is not None:
+                    accs.append(acc)
+            done = ", ".join(f"{a:.1f}" for a in accs) or "already done"
+            print(f"{prefix}: best {source}; test acc {done} ({time.perf_counter() - start:.1f}s)", flush=True)
+            rows.append({"method": method, "task": task.name, "test_acc": accs})
+        return rows
+
+
+# --------------------------------------------------------------------------- CLI entry points
+def main_run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args, parse_methods(args.methods))
+    if args.dry_run:
+        from .plan import print_plan
+
+        print_plan(spec)
+        return 0
+    start = time.perf_counter()
+    Runner(spec).run()
+    print(f"bench run: {len(spec.methods)} methods x {len(spec.tasks)} tasks x {len(spec.seeds)} seeds "
+          f"in {time.perf_counter() - start:.0f}s; MLflow: {spec.tracking_uri}")
+    if not args.no_report:
+        from . import report
+
+        report.main(argparse.Namespace(suite=spec.suite.name, tracking_uri=spec.tracking_uri,
+                                       out=args.report_dir, debug=False))
+    return 0
+
+
+def main_tune(args: argparse.Namespace) -> int:
+    args.tasks = args.task
+    spec = spec_from_args(args, parse_methods(args.method))
+    if len(spec.methods) != 1 or len(spec.tasks) != 1:
+        raise UserError("bench tune takes one --method and one --task")
+    runner = Runner(spec)
+    params, source = runner.tune(spec.methods[0], spec.tasks[0])
+    print(json.dumps({"study": study_name(spec.suite.name, spec.methods[0], spec.tasks[0].name),
+                      "best_from": source, "params": params}, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,218 @@
+"""The training loop shared by tuning trials, final fits and `bench perf`.
+
+One recipe for every method (so numbers are comparable): AdamW with no weight decay on biases,
+norms and the methods' scale/shift/prompt tensors, a per-step cosine schedule with linear warmup
+(timm's scheduler), bf16 autocast on GPU, deterministic seeding, one tqdm bar per run.
+A head-only model (the linear probe) trains on backbone features computed once per split.
+"""
+from __future__ import annotations
+
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+import methods
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    compile: bool = False
+    desc: str = ""
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    eval_acc: float | None = None                       # percent, on the eval split, last epoch
+    train_img_per_s: float = 0.0
+    eval_img_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    wall_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed and data give the same numbers on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> str:
+    from .errors import UserError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    return name
+
+
+def peak_memory_mb(device: str) -> float:
+    """CUDA max allocated on GPU; the process's peak resident set on CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
+    """AdamW over trainable tensors; decay only where ``methods.wants_weight_decay`` says so."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if methods.wants_weight_decay(p) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
+                             fused=device.startswith("cuda"))
+
+
+def head_only(model: nn.Module) -> bool:
+    """True when only the classifier head trains (linear probe): features can be cached."""
+    return methods.count_trainable(model, exclude_head=True) == 0
+
+
+def _autocast(device: str):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: str) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+                      pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
+                      drop_last=False)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0) -> TensorDataset:
+    """Pre-logit features of the frozen backbone, computed once per split for the linear probe."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
+        with _autocast(device):
+            f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)), pre_logits=True)
+        feats.append(f.float().cpu())
+        labels.append(torch.as_tensor(y))
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0,
+             features: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy in percent, images per second). ``features``: ds holds cached features."""
+    model.eval()
+    correct = total = 0
+    start = time.perf_counter()
+    for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
+        with _autocast(device):
+            logits = model.head(x) if features else model(x)
+        correct += (logits.argmax(-1) == y).sum().item()
+        total += y.numel()
+    seconds = time.perf_counter() - start
+    return 100.0 * correct / max(total, 1), total / max(seconds, 1e-9)
+
+
+def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset | None = None,
+        eval_every_epoch: bool = False,
+        on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Train ``model`` in place by ``cfg``; evaluate on ``eval_ds`` after every epoch
+    (``eval_every_epoch``, for pruning on the validation split) or only after the last one.
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch (it may raise, e.g. optuna.TrialPruned).
+    Raises ``Diverged`` as soon as the loss is not finite.
+    """
+    device = cfg.device
+    seed_everything(cfg.seed)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    wall_start = time.perf_counter()
+    model.to(device)
+    if device.startswith("cuda"):
+        model.to(memory_format=torch.channels_last)
+    features = head_only(model)
+    if features:  # linear probe: one backbone pass per split, then train the head alone
+        train_ds = extract_features(model, train_ds, cfg.batch_size, device, cfg.workers)
+        if eval_ds is not None:
+            eval_ds = extract_features(model, eval_ds, cfg.batch_size, device, cfg.workers)
+    step_fn = model.head if features else model
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+
+    loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, 0 if features else cfg.workers, device)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=0.0,
+                                  warmup_t=cfg.warmup_epochs * steps_per_epoch,
+                                  warmup_lr_init=cfg.lr * 1e-3 if cfg.warmup_epochs else cfg.lr,
+                                  warmup_prefix=True, t_in_epochs=False)
+    result = FitResult()
+    train_seconds = 0.0
+    images = 0
+    step = 0
+    bar = tqdm(total=total_steps, desc=cfg.desc or "train", leave=False, disable=None, dynamic_ncols=True)
+    try:
+        for epoch in range(cfg.epochs):
+            model.train()
+            epoch_start = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+                with _autocast(device):
+                    loss = F.cross_entropy(step_fn(x), y)
+                if not torch.isfinite(loss):
+                    raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                scheduler.step_update(step)
+                loss_sum += loss.item() * y.numel()
+                seen += y.numel()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
+            train_seconds += time.perf_counter() - epoch_start
+            images += seen
+            metrics = {"train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            last = epoch == cfg.epochs - 1
+            if eval_ds is not None and (eval_every_epoch or last):
+                acc, ips = evaluate(model, eval_ds, cfg.batch_size, device, cfg.workers, features)
+                metrics["eval_acc"] = acc
+                result.eval_acc, result.eval_img_per_s = acc, ips
+                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{acc:.1f}")
+            result.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    finally:
+        bar.close()
+    result.train_img_per_s = images / max(train_seconds, 1e-9)
+    result.peak_mem_mb = peak_memory_mb(device)
+    result.wall_s = time.perf_counter() - wall_start
+    return result

@@ -1,0 +1,227 @@
+"""The runner's protocol on micro runs of the demo suite: end to end, resume, divergence,
+the test-split guard, determinism and bad flags."""
+from __future__ import annotations
+
+import math
+
+import mlflow
+import optuna
+import pytest
+import torch
+
+from bench import runner as runner_mod
+from bench import tracking, train
+from bench.cli import main
+from bench.runner import ProtocolError, SplitGuard
+
+TASKS = "digits,count"
+
+
+def micro_args(out, *extra):
+    return ["run", "--methods", "linear,lora", "--tasks", TASKS, "--epochs", "1", "--trials", "2",
+            "--seeds", "1,2", "--out", str(out), "--report-dir", str(out / "reports"), *extra]
+
+
+def final_runs(out, status="FINISHED"):
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(out))
+    exp = client.get_experiment_by_name(tracking.experiment_name("demo"))
+    runs = client.search_runs([exp.experiment_id], "tags.phase = 'final'", max_results=1000)
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def study(out, method, task):
+    storage = runner_mod.open_storage(None, out)
+    return optuna.load_study(study_name=f"demo.{method}.{task}", storage=storage)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """One micro run shared by the tests that only read its results."""
+    out = tmp_path_factory.mktemp("micro")
+    assert main(micro_args(out)) == 0
+    return out
+
+
+def test_micro_run_end_to_end(micro):
+    runs = final_runs(micro)
+    keys = sorted((r.data.tags["method"], r.data.tags["task"], r.data.tags["seed"]) for r in runs)
+    assert keys == sorted((m, t, s) for m in ("linear", "lora") for t in TASKS.split(",") for s in ("1", "2"))
+    for r in runs:
+        assert 0.0 <= r.data.metrics["test_acc"] <= 100.0
+        assert r.data.params["epochs"] == "1"
+        assert len(r.data.params["weights_sha256"]) == 64
+        assert len(r.data.params["data_sha256"]) == 64
+        assert r.data.tags["git_commit"]
+        assert r.data.metrics["params_total"] > r.data.metrics["params_backbone"]
+    lora = [r for r in runs if r.data.tags["method"] == "lora"]
+    assert {r.data.params["rank"] for r in lora} <= {"1", "2", "4", "8", "16", "32", "64"}
+    for method in ("linear", "lora"):
+        for task in TASKS.split(","):
+            trials = study(micro, method, task).trials
+            assert len(trials) == 2
+            assert trials[0].params["lr"] == runner_mod.COMMON_DEFAULTS["lr"]  # first trial = recipe defaults
+    assert (micro / "reports" / "demo.md").is_file()
+
+
+def test_rerun_skips_everything_done(micro, capsys):
+    before = {r.info.run_id for r in final_runs(micro)}
+    assert main(micro_args(micro)) == 0
+    assert {r.info.run_id for r in final_runs(micro)} == before
+    for method in ("linear", "lora"):
+        assert len(study(micro, method, "digits").trials) == 2
+    assert "already done" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_without_doing_a_final_twice(tmp_path, monkeypatch):
+    real_fit = train.fit
+    calls = {"final": 0}
+
+    def flaky_fit(model, train_ds, cfg, eval_ds=None, eval_every_epoch=False, on_epoch=None):
+        if not eval_every_epoch:  # a final fit
+            calls["final"] += 1
+            if calls["final"] == 3:
+                raise KeyboardInterrupt
+        return real_fit(model, train_ds, cfg, eval_ds, eval_every_epoch, on_epoch)
+
+    monkeypatch.setattr(runner_mod, "fit", flaky_fit)
+    assert main(micro_args(tmp_path)) == 130
+    assert len(final_runs(tmp_path)) == 2
+    assert len(final_runs(tmp_path, status="KILLED")) == 1
+
+    monkeypatch.setattr(runner_mod, "fit", real_fit)
+    assert main(micro_args(tmp_path)) == 0
+    finished = final_runs(tmp_path)
+    keys = [r.data.tags["run_key"] for r in finished]
+    assert len(keys) == 8 and len(set(keys)) == 8
+
+
+def test_diverging_trial_is_pruned_with_reason_and_the_run_goes_on(tmp_path, monkeypatch):
+    real_ce = train.F.cross_entropy
+    state = {"calls": 0}
+
+    def nan_once(logits, y):
+        state["calls"] += 1
+        loss = real_ce(logits, y)
+        return loss * float("nan") if state["calls"] == 1 else loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", nan_once)
+    args = ["run", "--methods", "lora", "--tasks", "digits", "--epochs", "1", "--trials", "2", "--seeds", "1",
+            "--out", str(tmp_path), "--no-report"]
+    assert main(args) == 0
+    trials = study(tmp_path, "lora", "digits").trials
+    assert trials[0].state == optuna.trial.TrialState.PRUNED
+    assert "diverged" in trials[0].user_attrs["failure_reason"]
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name("peft-bench/demo")
+    failed = client.search_runs([exp.experiment_id], "tags.phase = 'trial' and tags.trial_state = 'DIVERGED'")
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "loss is nan" in failed[0].data.tags["failure_reason"]
+    assert len(final_runs(tmp_path)) == 1
+
+
+def test_test_split_is_never_opened_before_the_final_fit(tmp_path, monkeypatch):
+    import bench.data
+
+    opened = []
+    real_open = bench.data.open_split
+
+    def recording_open(suite, task, split, **kw):
+        opened.append((task, split))
+        return real_open(suite, task, split, **kw)
+
+    monkeypatch.setattr(bench.data, "open_split", recording_open)
+    assert main(["run", "--methods", "lora", "--tasks", "digits", "--epochs", "1", "--trials", "2",
+                 "--seeds", "1", "--out", str(tmp_path), "--no-report"]) == 0
+    splits = [s for _, s in opened]
+    first_test = splits.index("test")
+    assert set(splits[:first_test]) <= {"train800", "val200", "train800val200"}
+    assert "train800val200" in splits and splits.index("train800val200") < first_test
+    assert set(splits[:splits.index("train800val200")]) == {"train800", "val200"}
+
+
+def test_split_guard_refuses_test_outside_final(tmp_path):
+    args = runner_mod.spec_from_args(
+        runner_mod.argparse.Namespace(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0,
+                                      seeds=None, data_root=None, pretrained=None, device="cpu", out=str(tmp_path),
+                                      tracking_uri=None, storage=None, compile=False, force=False), ["lora"])
+    guard = SplitGuard(args)
+    with pytest.raises(ProtocolError):
+        guard.open("digits", "test")
+    guard.phase = "final"
+    assert len(guard.open("digits", "test")) > 0
+
+
+def test_same_seed_same_numbers_on_cpu():
+    import methods
+    from bench.backbones import create_backbone
+    from bench.data import open_split
+
+    ds = open_split("demo", "digits", "val200")
+    results = []
+    for _ in range(2):
+        train.seed_everything(3)
+        model = methods.get("lora").apply(create_backbone("demo"), num_classes=10)
+        cfg = train.TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=1e-4, seed=3)
+        r = train.fit(model, ds, cfg, eval_ds=ds)
+        results.append((r.history[0]["train_loss"], r.eval_acc))
+    assert results[0] == results[1]
+    assert math.isfinite(results[0][0])
+
+
+def test_linear_probe_trains_on_cached_features(monkeypatch):
+    import methods
+    from bench.backbones import create_backbone
+    from bench.data import open_split
+
+    ds = open_split("demo", "digits", "val200")
+    model = methods.get("linear").apply(create_backbone("demo"), num_classes=10)
+    backbone_calls = {"n": 0}
+    real = model.forward_features
+
+    def counting(x):
+        backbone_calls["n"] += 1
+        return real(x)
+
+    monkeypatch.setattr(model, "forward_features", counting)
+    cfg = train.TrainConfig(epochs=3, batch_size=32, lr=1e-2, weight_decay=0.0, seed=0)
+    train.fit(model, ds, cfg, eval_ds=ds, eval_every_epoch=True)
+    # one pass over the train split and one over the eval split (batches of 4 x 32), not one per epoch
+    assert backbone_calls["n"] == 2 * math.ceil(len(ds) / 128)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--methods", "nope"], "unknown method 'nope'"),
+    (["run", "--suite", "imagenet"], "unknown suite 'imagenet'"),
+    (["run", "--tasks", "nope"], "unknown task 'nope'"),
+    (["run", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["run", "--seeds", "1,1"], "--seeds must list distinct integers"),
+    (["run", "--epochs", "0"], "--epochs must be >= 1"),
+    (["run", "--suite", "vtab1k"], "pass --data-root"),
+    (["run", "--suite", "vtab1k", "--data-root", "/does/not/exist"], "does not exist"),
+    (["run", "--pretrained", "/no/such/weights.npz"], "pretrained weights file not found"),
+    (["run", "--tracking-uri", "not a uri"], "malformed --tracking-uri"),
+    (["run", "--device", "tpu"], "unknown device"),
+    (["run", "--bogus-flag"], "unrecognized arguments"),
+    (["tune", "--method", "lora", "--task", "nope"], "unknown task 'nope'"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):
+    out = tmp_path / "out"
+    code = main([*argv, "--out", str(out)] if argv[-1] != "--bogus-flag" else argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cuda_request_without_gpu_is_a_user_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
