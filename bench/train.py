@@ -7,6 +7,7 @@ A head-only model (the linear probe) trains on backbone features computed once p
 """
 from __future__ import annotations
 
+import math
 import random
 import resource
 import sys
@@ -23,6 +24,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 import methods
+
+
+CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
 
 
 class Diverged(Exception):
@@ -139,6 +143,18 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
     return 100.0 * correct / max(total, 1), total / max(seconds, 1e-9)
 
 
+def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               device: str) -> torch.Tensor:
+    """One optimizer step; returns the detached loss without a host sync (the caller checks it
+    for NaN/inf every few steps, so the GPU never waits on the CPU)."""
+    with _autocast(device):
+        loss = F.cross_entropy(step_fn(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset | None = None,
         eval_every_epoch: bool = False,
         on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
@@ -182,25 +198,22 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
         for epoch in range(cfg.epochs):
             model.train()
             epoch_start = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            for x, y in loader:
+            loss_sum, seen = torch.zeros((), device=device), 0
+            for i, (x, y) in enumerate(loader, 1):
                 x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
-                with _autocast(device):
-                    loss = F.cross_entropy(step_fn(x), y)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
+                seen += y.numel()
                 step += 1
                 scheduler.step_update(step)
-                loss_sum += loss.item() * y.numel()
-                seen += y.numel()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
+                if i % CHECK_EVERY == 0 or i == steps_per_epoch:
+                    mean_loss = loss_sum.item() / seen
+                    if not math.isfinite(mean_loss):
+                        raise Diverged(f"loss is {mean_loss} at epoch {epoch + 1}, step {step}")
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
             train_seconds += time.perf_counter() - epoch_start
             images += seen
-            metrics = {"train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            metrics = {"train_loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
             last = epoch == cfg.epochs - 1
             if eval_ds is not None and (eval_every_epoch or last):
                 acc, ips = evaluate(model, eval_ds, cfg.batch_size, device, cfg.workers, features)

@@ -1,0 +1,217 @@
+"""`bench perf`: speed and memory of every method, measured the way training runs.
+
+Per method: trainable parameters, train images/s (one optimizer step of ``bench.train.train_step``
+on a fixed batch), eval images/s unmerged and merged, peak memory, and on GPU the model FLOPs
+utilisation. The linear probe is also timed on cached features, as it trains. On CPU each method
+is measured in a forked child so that its peak resident memory is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import methods
+
+from . import backbones, tracking
+from .errors import UserError
+from .train import _autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
+
+# dense bf16 peak FLOP/s by device name, for the utilisation column
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+NUM_CLASSES = 100
+
+
+def seconds_per_call(fn, steps: int, device: str, warmup: int = 2) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls (GPU work included: synchronised)."""
+    for _ in range(warmup):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def _peak_flops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _train_flops(model, x, y, device: str) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    opt = make_optimizer(model, 1e-4, 0.0, device)
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, opt, x, y, device)
+    return float(counter.get_total_flops())
+
+
+def measure_method(name: str, backbone_name: str, device: str, batch_size: int, steps: int,
+                   compile: bool = False) -> dict:
+    """All figures for one method, in this process."""
+    torch.manual_seed(0)
+    base = backbones.create_backbone(backbone_name)
+    model = methods.get(name).apply(base, num_classes=NUM_CLASSES).to(device)
+    size = base.patch_embed.img_size
+    x = torch.randn(batch_size, 3, *size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
+    row = {"method": name,
+           "params_backbone": methods.count_trainable(model),
+           "params_total": methods.count_trainable(model, exclude_head=False)}
+
+    opt = make_optimizer(model, 1e-4, 0.0, device)
+    model.train()
+    row["train_img_s"] = batch_size / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device)
+    if compile:
+        compiled = torch.compile(model)
+        row["train_img_s_compiled"] = batch_size / seconds_per_call(lambda: train_step(compiled, opt, x, y, device),
+                                                          steps, device)
+    row["peak_mem_mb"] = peak_memory_mb(device)
+    if name == "linear":  # how the linear probe really trains: on features computed once
+        with torch.no_grad():
+            feats = model.forward_head(model.forward_features(x), pre_logits=True).float()
+        row["train_img_s_cached"] = batch_size / seconds_per_call(lambda: train_step(model.head, opt, feats, y, device),
+                                                        steps, device)
+    peak = _peak_flops(device)
+    if peak:
+        flops = _train_flops(model, x, y, device)
+        row["mfu_pct"] = 100.0 * flops * row["train_img_s"] / batch_size / peak
+
+    model.eval()
+    with torch.no_grad():
+        def infer(m):
+            with _autocast(device):
+                m(x)
+        row["eval_img_s"] = batch_size / seconds_per_call(lambda: infer(model), steps, device)
+        plain = base.to(device).eval()
+        plain.reset_classifier(NUM_CLASSES)
+        row["eval_img_s_plain"] = batch_size / seconds_per_call(lambda: infer(plain), steps, device)
+        try:
+            merged = methods.get(name).merge(model).to(device).eval()
+        except methods.NotMergeable:
+            row["eval_img_s_merged"] = None
+        else:
+            row["eval_img_s_merged"] = batch_size / seconds_per_call(lambda: infer(merged), steps, device)
+    return row
+
+
+def _child(conn, *args) -> None:
+    try:
+        conn.send(measure_method(*args))
+    except BaseException as exc:  # report, never hang the parent
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def measure_all(names: list[str], backbone_name: str, device: str, batch_size: int, steps: int,
+                compile: bool = False) -> list[dict]:
+    """One row per method; on CPU each in a forked child for a per-method peak RSS."""
+    rows = []
+    for name in names:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            rows.append(measure_method(name, backbone_name, device, batch_size, steps, compile))
+            continue
+        parent, child = mp.get_context("fork").Pipe(duplex=False)
+        proc = mp.get_context("fork").Process(target=_child,
+                                              args=(child, name, backbone_name, device, batch_size, steps, compile))
+        proc.start()
+        result = parent.recv()
+        proc.join()
+        if isinstance(result, BaseException):
+            raise result
+        rows.append(result)
+    return rows
+
+
+def _fmt(v, digits=0):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def render(rows: list[dict], header: str) -> str:
+    from tabulate import tabulate
+
+    full = next((r for r in rows if r["method"] == "full"), None)
+    table = []
+    for r in rows:
+        merged = r["eval_img_s_merged"]
+        table.append([
+            r["method"], _fmt(r["params_backbone"]), _fmt(r["params_total"]),
+            _fmt(r["train_img_s"], 1),
+            _fmt(r["train_img_s"] / full["train_img_s"], 2) if full else "-",
+            _fmt(r.get("train_img_s_cached"), 0),
+            _fmt(r.get("train_img_s_compiled"), 1),
+            _fmt(r["eval_img_s"], 1), _fmt(merged, 1),
+            _fmt(merged / r["eval_img_s_plain"], 2) if merged else "-",
+            _fmt(r["peak_mem_mb"], 0),
+            _fmt(r["peak_mem_mb"] / full["peak_mem_mb"], 2) if full else "-",
+            _fmt(r.get("mfu_pct"), 1),
+        ])
+    cols = ["method", "trainable (no head)", "trainable (head)", "train img/s", "train speed vs full",
+            "train img/s on cached features", "train img/s compiled", "eval img/s", "eval img/s merged",
+            "merged vs plain", "peak MB", "memory vs full", "MFU %"]
+    return f"{header}\n\n{tabulate(table, headers=cols, tablefmt='github', disable_numparse=True)}\n"
+
+
+def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
+    what = torch.cuda.get_device_name() if device.startswith("cuda") else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return (f"Measured {dt.date.today().isoformat()} on {what}, torch {torch.__version__}, "
+            f"backbone {backbone_name}, batch {batch_size}, {NUM_CLASSES}-class head.")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.backbone not in backbones.BACKBONES:
+        raise UserError(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones.BACKBONES)}")
+    from .runner import parse_methods
+
+    names = parse_methods(args.methods)
+    device = resolve_device(args.device)
+    demo = args.backbone == "demo"
+    batch_size = args.batch_size or (64 if demo else 32)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    steps = args.steps or (10 if demo or device != "cpu" else 2)
+    rows = measure_all(names, args.backbone, device, batch_size, steps, args.compile)
+    header = f"# Performance ({args.backbone}, {device})\n\n{machine_line(device, args.backbone, batch_size)}"
+    text = render(rows, header)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ("perf.md" if demo and device == "cpu" else f"perf_{args.backbone}_{device}.md")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    _log(rows, args, device, batch_size)
+    print(f"wrote {path}")
+    return 0
+
+
+def _log(rows: list[dict], args: argparse.Namespace, device: str, batch_size: int) -> None:
+    client = tracking.connect(args.tracking_uri or tracking.default_tracking_uri())
+    exp = tracking.experiment_id(client, "perf")
+    for r in rows:
+        tags = {"phase": "perf", "method": r["method"], "backbone": args.backbone, "device": device,
+                "git_commit": tracking.git_commit()}
+        with tracking.TrackedRun(client, exp, f"perf {r['method']} {args.backbone} {device}", tags,
+                                 {"batch_size": batch_size, **tracking.package_versions()}) as run:
+            run.log_metrics({k: v for k, v in r.items() if isinstance(v, (int, float)) and v is not None})

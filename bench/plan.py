@@ -1,0 +1,73 @@
+"""`bench run --dry-run`: the plan (studies, trials, final fits) and what it will cost, estimated
+from throughput measured now on this machine with the suite's backbone. Nothing is written."""
+from __future__ import annotations
+
+import torch
+
+import methods
+
+from . import backbones
+from .perf import seconds_per_call
+from .train import _autocast, head_only, make_optimizer, train_step
+
+
+def _rates(method: str, base, device: str, batch: int, steps: int) -> tuple[float, float]:
+    """(train img/s, forward-only img/s) of one method on random images."""
+    torch.manual_seed(0)
+    model = methods.get(method).apply(base, num_classes=10).to(device)
+    x = torch.randn(batch, 3, *base.patch_embed.img_size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = make_optimizer(model, 1e-4, 0.0, device)
+
+    def forward():
+        with torch.no_grad(), _autocast(device):
+            model(x)
+
+    train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device, warmup=1)
+    model.eval()
+    return train, batch / seconds_per_call(forward, steps, device, warmup=1)
+
+
+def estimate_seconds(spec, method: str, n_tune: int, n_val: int, n_final: int, train_rate: float,
+                     eval_rate: float, probe: bool) -> float:
+    """Seconds for one (method, task): trials x epochs on the tuning split (+ val every epoch),
+    seeds x epochs on the final split. A linear probe pays one feature pass per split and run."""
+    if probe:
+        per_trial = (n_tune + n_val) / eval_rate
+        per_final = n_final / eval_rate
+    else:
+        per_trial = spec.epochs * (n_tune / train_rate + n_val / eval_rate)
+        per_final = spec.epochs * n_final / train_rate
+    return spec.trials * per_trial + len(spec.seeds) * per_final
+
+
+def print_plan(spec) -> None:
+    from tabulate import tabulate
+
+    from .data import open_split
+
+    s = spec.suite
+    sizes = {}
+    for task in spec.tasks:  # training splits only: the test split stays closed
+        sizes[task.name] = [len(open_split(s, task.name, split, data_root=spec.data_root,
+                                           cache_dir=str(spec.out / "cache")))
+                            for split in (s.splits.tune_train, s.splits.tune_val, s.splits.final_train)]
+    base = backbones.create_backbone(s.backbone, spec.pretrained)
+    cpu_vit = spec.device == "cpu" and s.backbone != "demo"
+    batch, steps = (min(spec.batch_size, 8), 1) if cpu_vit else (spec.batch_size, 3)
+    rows, total = [], 0.0
+    for method in spec.methods:
+        train_rate, eval_rate = _rates(method, base, spec.device, batch, steps)
+        probe = head_only(methods.get(method).apply(base, num_classes=2))
+        seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe)
+                      for t in spec.tasks)
+        total += seconds
+        rows.append([method, len(spec.tasks), spec.trials * len(spec.tasks), len(spec.seeds) * len(spec.tasks),
+                     f"{train_rate:,.0f}", f"{eval_rate:,.0f}", f"{seconds / 60:,.1f}"])
+    print(f"Plan: suite {s.name}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = "
+          f"{len(spec.methods) * len(spec.tasks)} studies of {spec.trials} trials; final fits on seeds "
+          f"{', '.join(map(str, spec.seeds))}; {spec.epochs} epochs, batch {spec.batch_size}, device {spec.device}.")
+    print(tabulate(rows, headers=["method", "studies", "trials", "final fits", "train img/s", "eval img/s",
+                                  "est. minutes"], tablefmt="github", disable_numparse=True))
+    print(f"Estimated total: {total / 60:,.1f} minutes (training and validation; test evaluation, "
+          f"data decoding and tracking overhead not included). Resumed work is not subtracted.")
