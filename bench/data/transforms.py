@@ -1,0 +1,78 @@
+"""Image preparation, split in two so that JPEG decoding happens once per image, not once per epoch.
+
+1. ``Decoder``: file -> uint8 (3, S, S) at the deterministic pre-augmentation size S
+   (VTAB: resize to image_size; FGVC: resize to 256). Its output is what ``decoded_cache`` stores.
+2. ``tensor_transform``: cached uint8 tensor -> normalised float32 tensor, with the random crop and
+   flip of the training recipe (FGVC) or the centre crop of evaluation.
+
+Which recipe applies comes from the suite's ``[transform]`` table (``train``/``eval`` kinds, optional
+``resize_size`` and ``interpolation``), overridable per task by a ``transform`` table in the task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ..catalog import Suite, Task
+from ..errors import UserError
+
+MEAN = STD = (0.5, 0.5, 0.5)  # ImageNet-21k ViT normalisation
+KINDS = ("none", "resize", "resize_crop_flip", "resize_center_crop")
+CROPPING = ("resize_crop_flip", "resize_center_crop")
+# VTAB's recipe resizes bicubic (design); VPT's FGVC loader uses torchvision's default, bilinear.
+DEFAULT_INTERPOLATION = {"none": "bicubic", "resize": "bicubic",
+                         "resize_crop_flip": "bilinear", "resize_center_crop": "bilinear"}
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """How one split's images are prepared: decoded to ``cache_size`` squares, then cropped to ``image_size``."""
+    kind: str
+    image_size: int
+    cache_size: int
+    interpolation: str
+
+
+def image_plan(suite: Suite, task: Task, train: bool) -> ImagePlan:
+    """The recipe for ``task`` in training (``train=True``) or evaluation mode."""
+    settings = {**suite.transform, **task.options.get("transform", {})}
+    kind = settings.get("train" if train else "eval", "none")
+    if kind not in KINDS:
+        raise UserError(f"suite {suite.name}: unknown transform {kind!r}; known: {', '.join(KINDS)}")
+    image_size = int(suite.recipe["image_size"])
+    cache_size = int(settings.get("resize_size", round(image_size * 256 / 224))) if kind in CROPPING else image_size
+    interpolation = settings.get("interpolation", DEFAULT_INTERPOLATION[kind])
+    if interpolation not in RESAMPLING:
+        raise UserError(f"suite {suite.name}: unknown interpolation {interpolation!r}; known: {', '.join(RESAMPLING)}")
+    return ImagePlan(kind, image_size, cache_size, interpolation)
+
+
+def tensor_transform(plan: ImagePlan) -> v2.Compose:
+    """uint8 (3, S, S) tensor -> float32 (3, image_size, image_size), normalised; random for training kinds."""
+    steps = {
+        "resize_crop_flip": [v2.RandomCrop(plan.image_size), v2.RandomHorizontalFlip()],
+        "resize_center_crop": [v2.CenterCrop(plan.image_size)],
+    }.get(plan.kind, [])
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+class Decoder:
+    """Image file -> RGB uint8 array (3, size, size). A plain class so DataLoader workers can pickle it."""
+
+    def __init__(self, size: int, interpolation: str):
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, path) -> np.ndarray:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((self.size, self.size), RESAMPLING[self.interpolation])
+        return np.asarray(image).transpose(2, 0, 1)
+
+    def __repr__(self) -> str:  # part of the decoded-cache key
+        return f"Decoder(size={self.size}, interpolation={self.interpolation!r})"
