@@ -1,0 +1,74 @@
+"""LoRA (Hu et al., ICLR 2022) on the query and value projections of every block."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_float, check_int
+from ._vit import QKV, QKV_GROUPS, Mergeable, block_paths, merge_wrappers, wrap
+from .base import Method, register
+
+POWERS_OF_TWO = [1, 2, 4, 8, 16, 32, 64]
+
+
+class LoRALinear(Mergeable):
+    """A frozen fused ``nn.Linear`` plus (alpha/rank) * B A on some of its output row chunks.
+
+    For timm's qkv (three chunks of the width) ``chunks=(0, 2)`` adapts q and v. A is
+    kaiming-uniform (a=sqrt(5), as torch's Linear and peft), B is zero, so at init the output
+    is exactly the frozen Linear's.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, chunks=(0, 2), groups: int = QKV_GROUPS):
+        super().__init__()
+        out_features, in_features = base.weight.shape
+        self.base, self.chunks = base, tuple(chunks)
+        self.chunk_size = out_features // groups
+        self.scaling = alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(w.new_empty(len(self.chunks), rank, in_features))
+        self.lora_B = nn.Parameter(w.new_zeros(len(self.chunks), self.chunk_size, rank))
+        for a in self.lora_A:  # per chunk, so that fan_in is in_features
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = list(self.base(x).split(self.chunk_size, dim=-1))
+        for j, i in enumerate(self.chunks):  # low-rank path on the activations: x A^T B^T
+            parts[i] = parts[i] + self.scaling * F.linear(F.linear(x, self.lora_A[j]), self.lora_B[j])
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        for j, i in enumerate(self.chunks):
+            rows = slice(i * self.chunk_size, (i + 1) * self.chunk_size)
+            self.base.weight[rows] += self.scaling * (self.lora_B[j] @ self.lora_A[j])
+        return self.base
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+    defaults = {"rank": 8, "alpha": 8}
+    help = {
+        "rank": "rank r of the update B A on q and v (integer >= 1, at most the width)",
+        "alpha": "the update is scaled by alpha / r (number > 0)",
+    }
+    mergeable = True
+
+    def _check(self, hp: dict) -> None:
+        check_int(self.name, hp, "rank", 1)
+        check_float(self.name, hp, "alpha", 0, lo_open=True)
+
+    def search_space(self, trial) -> dict:
+        return {"rank": trial.suggest_categorical("rank", POWERS_OF_TWO),
+                "alpha": trial.suggest_categorical("alpha", POWERS_OF_TWO)}
+
+    def _adapt(self, model: nn.Module, rank: int, alpha: float) -> None:
+        check_int(self.name, {"rank": rank}, "rank", 1, model.embed_dim)
+        wrap(model, block_paths(model, QKV), lambda _, qkv: LoRALinear(qkv, rank, alpha))
+
+    def _merge(self, model: nn.Module) -> None:
+        merge_wrappers(model)

@@ -1,0 +1,74 @@
+"""RLRR (Dong et al., CVPR 2024): residual low-rank rescaling of every frozen Linear.
+
+For a Linear with weight W (out x in) and bias b: W' = W + W * (s_out s_in^T), b' = b + t,
+plus SSF after norm1, norm2, the patch embedding and the final norm.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, QKV, QKV_GROUPS, Mergeable, block_paths,
+                   merge_wrappers, wrap)
+from .base import Method, mark_no_weight_decay, register
+from .ssf import add_ssf, stem_and_final_norm
+
+
+class RLRRLinear(Mergeable):
+    """A frozen ``nn.Linear`` with the RLRR rescaling of its weight and a shift of its bias.
+
+    ``groups`` splits the output rows into equal chunks with one ``s_in`` row each: 3 for the
+    fused qkv, so q, k and v are rescaled independently. W' is materialised once per forward
+    and used in one matmul; that is cheaper than extra matmuls on the activations.
+    """
+
+    def __init__(self, base: nn.Linear, groups: int = 1):
+        super().__init__()
+        out_features, in_features = base.weight.shape
+        if out_features % groups:
+            raise ValueError(f"{out_features} output rows do not split into {groups} groups")
+        self.base, self.groups = base, groups
+        w = base.weight
+        # kaiming-uniform with a=0: bound sqrt(6 / fan_in), fan_in = the second dimension
+        self.s_in = mark_no_weight_decay(nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(groups, in_features))))
+        self.s_out = mark_no_weight_decay(nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(out_features, 1))))
+        self.t = nn.Parameter(w.new_zeros(out_features))
+
+    def weight(self) -> torch.Tensor:
+        """W + W * (s_out s_in^T), with each row chunk using its own row of s_in."""
+        w = self.base.weight
+        rescale = self.s_out.view(self.groups, -1, 1) * self.s_in.view(self.groups, 1, -1)
+        return torch.addcmul(w, w, rescale.view_as(w))
+
+    def bias(self) -> torch.Tensor:
+        return self.t if self.base.bias is None else self.base.bias + self.t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias())
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        base = self.base
+        base.weight.copy_(self.weight())
+        if base.bias is None:  # a bias-free Linear gains a bias (not the case in timm's ViTs)
+            base.bias = nn.Parameter(self.t.detach().clone(), requires_grad=base.weight.requires_grad)
+        else:
+            base.bias.add_(self.t)
+        return base
+
+
+@register
+class RLRR(Method):
+    name = "rlrr"
+    defaults = {}
+    help = {}
+    mergeable = True
+
+    def _adapt(self, model: nn.Module) -> None:
+        wrap(model, block_paths(model, *BLOCK_LINEARS),
+             lambda path, linear: RLRRLinear(linear, groups=QKV_GROUPS if path.endswith(QKV) else 1))
+        add_ssf(model, block_paths(model, *BLOCK_NORMS) + stem_and_final_norm(model))
+
+    def _merge(self, model: nn.Module) -> None:
+        merge_wrappers(model)

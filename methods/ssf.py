@@ -1,0 +1,72 @@
+"""SSF (Lian et al., NeurIPS 2022): a learned per-channel scale and shift after each operation.
+
+``SSF`` is also what rlrr puts after its norms and the patch embedding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, PATCH_CONV, Mergeable, block_paths,
+                   final_norm_path, merge_wrappers, wrap)
+from .base import Method, mark_no_weight_decay, register
+
+
+class SSF(Mergeable):
+    """``inner`` followed by y = scale * y + shift per output channel.
+
+    Works for Linear, LayerNorm and Conv2d: their weights index output channels on dim 0, so the
+    scale and shift fold into weight and bias. Channels are dim 1 of a conv's NCHW output and
+    the last dim otherwise.
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        weight = inner.weight
+        channels = weight.shape[0]
+        self.inner = inner
+        self.channel_dim = 1 if isinstance(inner, nn.Conv2d) else -1
+        self.scale = mark_no_weight_decay(nn.Parameter(weight.new_empty(channels)))
+        self.shift = mark_no_weight_decay(nn.Parameter(weight.new_empty(channels)))
+        nn.init.normal_(self.scale, 1.0, 0.02)
+        nn.init.normal_(self.shift, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        # (C,) -> (C, 1, ..., 1) so it broadcasts over the dims after the channel dim
+        shape = (-1,) + (1,) * (y.ndim - 1 - self.channel_dim % y.ndim)
+        return torch.addcmul(self.shift.view(shape), y, self.scale.view(shape))
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        inner = self.inner
+        inner.weight.mul_(self.scale.view((-1,) + (1,) * (inner.weight.ndim - 1)))
+        if inner.bias is None:  # a bias-free module gains a bias (not the case in timm's ViTs)
+            inner.bias = nn.Parameter(self.shift.detach().clone(), requires_grad=inner.weight.requires_grad)
+        else:
+            inner.bias.mul_(self.scale).add_(self.shift)
+        return inner
+
+
+def add_ssf(model: nn.Module, paths: list[str]) -> None:
+    """Put an ``SSF`` after the modules at ``paths``."""
+    wrap(model, paths, lambda _, module: SSF(module))
+
+
+def stem_and_final_norm(model: nn.Module) -> list[str]:
+    """The patch conv and the final norm in use: the SSF targets outside the blocks."""
+    return [PATCH_CONV, final_norm_path(model)]
+
+
+@register
+class SSFMethod(Method):
+    name = "ssf"
+    defaults = {}
+    help = {}
+    mergeable = True
+
+    def _adapt(self, model: nn.Module) -> None:
+        add_ssf(model, block_paths(model, *BLOCK_LINEARS, *BLOCK_NORMS) + stem_and_final_norm(model))
+
+    def _merge(self, model: nn.Module) -> None:
+        merge_wrappers(model)

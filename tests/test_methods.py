@@ -1,0 +1,404 @@
+"""The method registry against design.md: exact ViT-B/16 counts, what trains and what stays
+frozen, merge equivalence, validation, search spaces and the `bench methods` table.
+
+Generic tests run over ``methods.names()``, so a newly registered method is covered at once.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import optuna
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+import methods
+from bench.backbones import DEMO_CONFIG
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+C = 100  # head size for the counts
+VIT_B_HEAD = 768 * C + C
+# (method, hparams, trainable parameters without head on a ViT-B/16): design.md's table
+VIT_B_COUNTS = [
+    ("full", {}, 85_798_656),
+    ("linear", {}, 0),
+    ("vpt", {}, 92_160),
+    ("vpt", {"mode": "shallow"}, 7_680),
+    ("lora", {}, 294_912),
+    ("adapter", {}, 156_768),
+    ("adapter", {"mode": "sequential"}, 156_768),
+    ("ssf", {}, 205_824),
+    ("rlrr", {}, 288_768),
+]
+DEFAULT_COUNTS = {name: n for name, hp, n in VIT_B_COUNTS if not hp}
+# every method with defaults, plus the other modes
+CONFIGS = [(name, {}) for name in methods.names()] + [("vpt", {"mode": "shallow"}),
+                                                      ("adapter", {"mode": "sequential"})]
+
+
+def config_id(name, hp):
+    return "-".join([name, *map(str, hp.values())])
+
+
+CONFIG_IDS = [config_id(name, hp) for name, hp in CONFIGS]
+
+_SSF_TARGETS = r"(blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|norm1|norm2)|patch_embed\.proj|norm)"
+# names of the trainable tensors besides the head
+TRAINABLE = {
+    "full": r".*",
+    "linear": r"(?!)",  # nothing
+    "vpt": r"blocks\.\d+\.prompts",
+    "lora": r"blocks\.\d+\.attn\.qkv\.lora_[AB]",
+    "adapter": r"blocks\.\d+\.mlp\.adapter\.(down|up)\.(weight|bias)",
+    "ssf": _SSF_TARGETS + r"\.(scale|shift)",
+    "rlrr": r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(s_in|s_out|t)"
+            r"|(blocks\.\d+\.(norm1|norm2)|patch_embed\.proj|norm)\.(scale|shift)",
+}
+NO_DECAY = r".*\.(prompts|scale|shift|s_in|s_out)"  # inserted scales, shifts and prompts
+
+
+@pytest.fixture(scope="module")
+def vit_b():
+    torch.manual_seed(0)
+    return timm.create_model("vit_base_patch16_224", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def small_vit():
+    """The demo architecture, randomly initialised, with non-trivial biases and norm affines so
+    that folding into them is exercised."""
+    torch.manual_seed(0)
+    model = VisionTransformer(num_classes=0, **DEMO_CONFIG)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model, snap) -> bool:
+    state = model.state_dict()
+    return list(state) == list(snap) and all(torch.equal(state[k], snap[k]) for k in snap)
+
+
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def perturb_trainable(model, std=0.1):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(std * torch.randn_like(p))
+
+
+def with_head_of(base, adapted):
+    """``base`` with ``adapted``'s head, to compare logits with the un-adapted backbone."""
+    ref = copy.deepcopy(base)
+    ref.reset_classifier(adapted.num_classes)
+    ref.head.load_state_dict(adapted.head.state_dict())
+    return ref.eval()
+
+
+# -- counts ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,hp,count", VIT_B_COUNTS, ids=[config_id(n, hp) for n, hp, _ in VIT_B_COUNTS])
+def test_vit_b_counts(vit_b, name, hp, count):
+    model = methods.get(name).apply(vit_b, num_classes=C, **hp)
+    assert methods.count_trainable(model) == count
+    assert methods.count_trainable(model, exclude_head=False) == count + VIT_B_HEAD
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_has_a_reference_count(name):
+    if name not in DEFAULT_COUNTS:
+        pytest.skip(f"{name}: no ViT-B/16 reference count in VIT_B_COUNTS yet")
+
+
+# -- what trains ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,hp", CONFIGS, ids=CONFIG_IDS)
+def test_only_intended_tensors_train(small_vit, name, hp):
+    model = methods.get(name).apply(small_vit, num_classes=10, **hp)
+    names = trainable_names(model)
+    assert {"head.weight", "head.bias"} <= names
+    if name not in TRAINABLE:
+        pytest.skip(f"{name}: no expected names in TRAINABLE")
+    others = names - {"head.weight", "head.bias"}
+    assert all(re.fullmatch(TRAINABLE[name], n) for n in others), sorted(others)
+    if name == "full":
+        assert names == {n for n, _ in model.named_parameters()}
+    if name == "vpt":
+        assert others == ({"blocks.0.prompts"} if hp.get("mode") == "shallow"
+                          else {f"blocks.{i}.prompts" for i in range(len(model.blocks))})
+    for n, p in model.named_parameters():
+        if p.requires_grad and re.fullmatch(NO_DECAY, n):
+            assert not methods.wants_weight_decay(p), n
+
+
+@pytest.mark.parametrize("name,hp", CONFIGS, ids=CONFIG_IDS)
+def test_steps_change_all_trainable_and_no_frozen(small_vit, images, name, hp):
+    source = snapshot(small_vit)
+    model = methods.get(name).apply(small_vit, num_classes=10, **hp).train()
+    before = snapshot(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    labels = torch.arange(len(images)) % 10
+    for _ in range(3):  # zero-init factors (LoRA B, adapter up) freeze their partners' first step
+        opt.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        opt.step()
+    trainable = trainable_names(model)
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p.detach(), before[n])
+        assert changed == (n in trainable), f"{n}: changed={changed}, trainable={n in trainable}"
+    assert same_state(small_vit, source), "apply changed its input model"
+
+
+# -- behaviour at init ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,hp", [("lora", {}), ("adapter", {"mode": "parallel"}),
+                                     ("adapter", {"mode": "sequential"})])
+def test_equals_base_at_init(small_vit, images, name, hp):
+    model = methods.get(name).apply(small_vit, num_classes=10, **hp).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), with_head_of(small_vit, model)(images), atol=1e-6, rtol=0)
+
+
+def test_rlrr_differs_from_base_at_init(small_vit, images):
+    model = methods.get("rlrr").apply(small_vit, num_classes=10).eval()
+    with torch.no_grad():
+        diff = (model(images) - with_head_of(small_vit, model)(images)).abs().max()
+    assert diff > 1e-3
+
+
+def test_inits(small_vit):
+    """Init distributions of design.md (small ViT: width 96, patch 8x8, 3 channels)."""
+    torch.manual_seed(0)
+    vpt = methods.get("vpt").apply(small_vit, num_classes=10)
+    prompts = torch.stack([b.prompts for b in vpt.blocks])
+    bound = (6 / (3 * 8 * 8 + 96)) ** 0.5
+    assert 0.9 * bound < prompts.abs().max() <= bound
+    ssf = methods.get("ssf").apply(small_vit, num_classes=10)
+    scales = torch.cat([p for n, p in ssf.named_parameters() if n.endswith(".scale")])
+    assert abs(scales.mean() - 1) < 0.005 and 0.015 < scales.std() < 0.025
+    qkv = methods.get("rlrr").apply(small_vit, num_classes=10).blocks[0].attn.qkv
+    assert 0.9 * (6 / 96) ** 0.5 < qkv.s_in.abs().max() <= (6 / 96) ** 0.5
+    assert 0.9 * 6 ** 0.5 < qkv.s_out.abs().max() <= 6 ** 0.5
+    assert not qkv.t.any()
+
+
+def test_lora_and_rlrr_act_per_qkv_chunk(small_vit):
+    """lora changes only the q and v rows of the fused qkv by (alpha/r) B A; rlrr rescales each
+    of q, k, v with its own s_in."""
+    d = small_vit.embed_dim
+    w = small_vit.blocks[0].attn.qkv.weight.detach()
+    lora = methods.get("lora").apply(small_vit, num_classes=10, rank=4, alpha=8)
+    perturb_trainable(lora)
+    a, b = lora.blocks[0].attn.qkv.lora_A, lora.blocks[0].attn.qkv.lora_B
+    merged = methods.get("lora").merge(lora).blocks[0].attn.qkv.weight
+    expected = torch.cat([w[:d] + 2 * b[0] @ a[0], w[d:2 * d], w[2 * d:] + 2 * b[1] @ a[1]])
+    torch.testing.assert_close(merged, expected)
+
+    qkv = methods.get("rlrr").apply(small_vit, num_classes=10).blocks[0].attn.qkv
+    expected = torch.cat([w[g * d:(g + 1) * d] * (1 + qkv.s_out[g * d:(g + 1) * d] * qkv.s_in[g])
+                          for g in range(3)])
+    torch.testing.assert_close(qkv.weight(), expected)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_adapter_placement(small_vit, mode):
+    """parallel reads the residual stream (before norm2) and adds scale * adapter to the MLP
+    branch; sequential adds adapter(y) to the MLP output y."""
+    model = methods.get("adapter").apply(small_vit, num_classes=10, mode=mode, scale=0.5)
+    perturb_trainable(model)
+    block, plain = model.blocks[0], small_vit.blocks[0]
+    adapter = block.mlp.adapter
+    x = torch.randn(2, 5, small_vit.embed_dim)
+    with torch.no_grad():
+        h = x + plain.attn(plain.norm1(x))
+        y = plain.mlp(plain.norm2(h))
+        expected = h + y + (0.5 * adapter(h) if mode == "parallel" else adapter(y))
+        torch.testing.assert_close(block(x), expected)
+
+
+# -- merge ----------------------------------------------------------------------------------
+
+def check_merge(base, model, x):
+    """``merge`` of ``model`` (adapted from ``base``) is a plain equivalent timm ViT."""
+    method = methods.get(model.peft_method)
+    model.eval()
+    before = snapshot(model)
+    types_before = [type(m) for m in model.modules()]
+    merged = method.merge(model).eval()
+
+    assert type(merged) is VisionTransformer
+    foreign = {type(m).__qualname__ for m in merged.modules()
+               if not type(m).__module__.startswith(("torch.", "timm."))}
+    assert not foreign, f"wrapper modules left after merge: {foreign}"
+    assert not hasattr(merged, "peft_method")
+    plain = base.state_dict()
+    expected = {**{k: v.shape for k, v in plain.items()},
+                "head.weight": model.head.weight.shape, "head.bias": model.head.bias.shape}
+    assert list(merged.state_dict()) == list(expected)
+    assert {k: v.shape for k, v in merged.state_dict().items()} == expected
+    with torch.no_grad():
+        diff = (merged(x) - model(x)).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert same_state(model, before) and [type(m) for m in model.modules()] == types_before, \
+        "merge changed its input"
+
+
+@pytest.mark.parametrize("name,hp", CONFIGS, ids=CONFIG_IDS)
+def test_merge(small_vit, images, name, hp):
+    method = methods.get(name)
+    model = method.apply(small_vit, num_classes=10, **hp)
+    if not method.mergeable:
+        with pytest.raises(methods.NotMergeable):
+            method.merge(model)
+        return
+    perturb_trainable(model)
+    check_merge(small_vit, model, images)
+
+
+@pytest.mark.parametrize("name", ["ssf", "rlrr"])
+def test_ssf_on_fc_norm_when_that_is_the_final_norm(images, name):
+    """Average-pooling ViTs normalise after pooling: SSF goes on ``fc_norm`` and still merges."""
+    torch.manual_seed(0)
+    base = VisionTransformer(num_classes=0, global_pool="avg", fc_norm=True, **DEMO_CONFIG).eval()
+    model = methods.get(name).apply(base, num_classes=10)
+    assert {"fc_norm.scale", "fc_norm.shift"} <= trainable_names(model)
+    perturb_trainable(model)
+    check_merge(base, model, images)
+
+
+def test_vpt_and_adapter_are_not_mergeable():
+    assert not methods.get("vpt").mergeable and not methods.get("adapter").mergeable
+
+
+def test_rlrr_merge_on_vit_b(vit_b):
+    """At width 768 the q, k, v chunks of the fused qkv are each rescaled with their own s_in."""
+    model = methods.get("rlrr").apply(vit_b, num_classes=C)
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.s_in.shape == (3, 768) and qkv.s_out.shape == (2304, 1) and qkv.t.shape == (2304,)
+    perturb_trainable(model, std=0.05)
+    check_merge(vit_b, model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2)))
+
+
+# -- vpt with timm's block-by-block paths ---------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["deep", "shallow"])
+def test_vpt_with_grad_checkpointing(small_vit, images, mode):
+    model = methods.get("vpt").apply(small_vit, num_classes=10, mode=mode).train()
+    torch.manual_seed(3)
+    plain = model(images)
+    model.set_grad_checkpointing(True)
+    assert model.grad_checkpointing
+    torch.manual_seed(3)  # the same prompt-dropout masks
+    checkpointed = model(images)
+    torch.testing.assert_close(checkpointed, plain)
+    checkpointed.square().sum().backward()
+    prompts = [p for n, p in model.named_parameters() if n.endswith("prompts")]
+    assert prompts and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompts)
+
+
+@pytest.mark.parametrize("mode", ["deep", "shallow"])
+def test_vpt_forward_intermediates_uses_prompts(small_vit, images, mode):
+    model = methods.get("vpt").apply(small_vit, num_classes=10, mode=mode).eval()
+    with torch.no_grad():
+        final, _ = model.forward_intermediates(images, output_fmt="NLC")
+        torch.testing.assert_close(final, model.forward_features(images))
+        assert final.shape == small_vit.forward_features(images).shape
+        assert not torch.allclose(final, small_vit.forward_features(images))
+        if mode == "deep":  # every block's output keeps timm's token count
+            assert len(model.forward_intermediates(images, intermediates_only=True)) == len(model.blocks)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+def test_unknown_method_lists_known_names():
+    with pytest.raises(ValueError) as err:
+        methods.get("nope")
+    assert all(name in str(err.value) for name in methods.names())
+
+
+@pytest.mark.parametrize("name,hp,pattern", [
+    ("lora", {"rank": 0}, r"rank must be an integer >= 1"),
+    ("lora", {"rank": 2.5}, r"rank must be an integer >= 1"),
+    ("lora", {"alpha": 0}, r"alpha must be a number > 0"),
+    ("vpt", {"num_prompts": -1}, r"num_prompts must be an integer >= 1"),
+    ("vpt", {"num_prompts": 0}, r"num_prompts must be an integer >= 1"),
+    ("vpt", {"mode": "middle"}, r"mode must be one of 'deep', 'shallow'"),
+    ("vpt", {"prompt_dropout": 1.0}, r"prompt_dropout must be a number in \[0, 1\)"),
+    ("adapter", {"mode": "serial"}, r"mode must be one of 'parallel', 'sequential'"),
+    ("adapter", {"bottleneck": 0}, r"bottleneck must be an integer >= 1"),
+    ("lora", {"rnk": 4}, r"unknown hyperparameter\(s\) rnk; known: alpha, rank"),
+    ("full", {"rank": 4}, r"unknown hyperparameter\(s\) rank; known: none"),
+])
+def test_impossible_hparams_are_refused(name, hp, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        methods.get(name).resolve(**hp)
+
+
+def test_sizes_beyond_the_width_are_refused(vit_b):
+    with pytest.raises(ValueError, match=r"bottleneck must be an integer in \[1, 768\], got 1000"):
+        methods.get("adapter").apply(vit_b, num_classes=C, bottleneck=1000)
+
+
+def test_rank_beyond_the_width_is_refused(small_vit):
+    with pytest.raises(ValueError, match=r"rank must be an integer in \[1, 96\], got 128"):
+        methods.get("lora").apply(small_vit, num_classes=10, rank=128)
+
+
+# -- hyperparameters ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", methods.names())
+def test_defaults_are_documented_and_in_the_search_space(name):
+    method = methods.get(name)
+    assert set(method.help) == set(method.defaults)
+    space = method.search_space(optuna.trial.FixedTrial(dict(method.defaults)))
+    assert space == {k: method.defaults[k] for k in space}
+    assert method.resolve() == method.defaults
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_search_space_suggestions_apply(small_vit, images, name):
+    method = methods.get(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):
+        trial = study.ask()
+        hp = method.search_space(trial)
+        assert set(hp) <= set(method.defaults)
+        method.resolve(**hp)
+        with torch.no_grad():
+            assert method.apply(small_vit, num_classes=10, **hp).eval()(images).shape == (len(images), 10)
+        study.tell(trial, 0.0)
+
+
+# -- the `bench methods` table ---------------------------------------------------------------
+
+def test_bench_methods_table(capsys):
+    from bench.cli import main
+
+    assert main(["methods"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("|")}
+    for name in methods.names():
+        assert name in rows, name
+        if name in DEFAULT_COUNTS:
+            n = DEFAULT_COUNTS[name]
+            assert f" {n:,} " in rows[name] and f" {n + VIT_B_HEAD:,} " in rows[name], rows[name]
+        assert ("yes" if methods.get(name).mergeable else "no") in rows[name].split("|")[4]
+    assert "rank=8, alpha=8" in rows["lora"]
