@@ -26,8 +26,8 @@ from . import backbones, tracking
 from .catalog import Suite, Task, load_suite
 from .errors import UserError
 from .train import Diverged, TrainConfig, fit, resolve_device, seed_everything
-from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, finished_trials,
-                   open_storage, open_study, owner_alive, owner_id, study_name)
+from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, open_storage, open_study,
+                   owner_alive, owner_id, study_name)
 
 
 class ProtocolError(RuntimeError):
@@ -175,6 +175,7 @@ class Runner:
             **tracking.package_versions(),
         }
         self._data_hashes: dict[str, str] = {}
+        self._force_done: set[str] = set()
 
     # -- helpers -----------------------------------------------------------------------------
     def data_hash(self, task: str) -> str:
@@ -214,35 +215,62 @@ class Runner:
         return common, specific
 
     # -- tuning --------------------------------------------------------------------------------
-    def tune(self, method: str, task: Task) -> tuple[dict, str]:
-        """Run the study up to its budget; return (best params, where they came from)."""
-        s = self.spec
-        name = study_name(s.suite.name, method, task.name)
+    def _study(self, method: str, task: Task):
+        name = study_name(self.spec.suite.name, method, task.name)
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        study = open_study(self.storage, name, seed=seed, force=s.force)
+        return open_study(self.storage, name, seed=seed, force=self.spec.force and not self._forced(name))
+
+    def _forced(self, name: str) -> bool:
+        """--force restarts a study once per process, not again when the second pass reopens it."""
+        done = name in self._force_done
+        self._force_done.add(name)
+        return done
+
+    def tune(self, method: str, task: Task) -> None:
+        """Run the study's unclaimed trial slots (other workers may be running the rest)."""
+        s = self.spec
+        study = self._study(method, task)
         if not study.trials:
             study.enqueue_trial({**COMMON_DEFAULTS, **methods.get(method).defaults}, skip_if_exists=True)
         self._reap({"phase": tracking.PHASE_TRIAL, "method": method, "task": task.name})
         self.guard.phase = "tune"
         train_ds = val_ds = None
-        while finished_trials(study) < s.trials:
-            if train_ds is None:
-                train_ds = self.guard.open(task.name, s.suite.splits.tune_train, train=True)
-                val_ds = self.guard.open(task.name, s.suite.splits.tune_val)
-            trial = study.ask()
-            trial.set_user_attr("owner", owner_id())
+        for slot in range(s.trials):
+            key = f"{study.study_name}/trial{slot}"
+            if not self.claims.acquire(key, force=s.force):
+                continue
             try:
-                value = self._trial(study, trial, method, task, train_ds, val_ds)
-            except optuna.TrialPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                if train_ds is None:
+                    train_ds = self.guard.open(task.name, s.suite.splits.tune_train, train=True)
+                    val_ds = self.guard.open(task.name, s.suite.splits.tune_val)
+                trial = study.ask()
+                trial.set_user_attr("owner", owner_id())
+                trial.set_user_attr("slot", slot)
+                try:
+                    value = self._trial(study, trial, method, task, train_ds, val_ds, key)
+                except (optuna.TrialPruned, Diverged):
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                except BaseException:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    raise
+                else:
+                    study.tell(trial, value)
             except BaseException:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.claims.release(key)
                 raise
-            else:
-                study.tell(trial, value)
-        return best_params(study)
+            self.claims.done(key)
 
-    def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds) -> float:
+    def best(self, method: str, task: Task, poll_s: float = 2.0) -> tuple[dict, str]:
+        """Best params once every trial slot is done, running slots whose worker died."""
+        study = self._study(method, task)
+        keys = [f"{study.study_name}/trial{slot}" for slot in range(self.spec.trials)]
+        while not all(self.claims.is_done(k) for k in keys):
+            self.tune(method, task)  # takes over stale slots, if any
+            if not all(self.claims.is_done(k) for k in keys):
+                time.sleep(poll_s)
+        return best_params(self._study(method, task))
+
+    def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds, claim: str) -> float:
         params = {**common_search_space(trial), **methods.get(method).search_space(trial)}
         common, specific = self._split_params(method, params)
         try:
@@ -261,6 +289,7 @@ class Runner:
                 run.log_metrics({"train_loss": metrics["train_loss"], "lr": metrics["lr"],
                                  tracking.VAL_ACC: metrics["eval_acc"]}, step=epoch)
                 trial.report(metrics["eval_acc"], epoch)
+                self.claims.beat(claim)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
@@ -334,13 +363,17 @@ class Runner:
 
     # -- the whole plan -----------------------------------------------------------------------
     def run(self) -> list[dict]:
+        """Two passes so that concurrent workers spread out: first every study's free trial
+        slots, then, per (method, task) once its study is complete, the unclaimed final fits."""
         s = self.spec
         pairs = [(m, t) for t in s.tasks for m in s.methods]
+        for method, task in pairs:
+            self.tune(method, task)
         rows = []
         for i, (method, task) in enumerate(pairs, 1):
             prefix = f"[{i}/{len(pairs)}] {method} on {task.name}"
             start = time.perf_counter()
-            params, source = self.tune(method, task)
+            params, source = self.best(method, task)
             params = {**COMMON_DEFAULTS, **methods.get(method).defaults, **params}
             accs = []
             for seed in s.seeds:
@@ -383,7 +416,8 @@ def main_tune(args: argparse.Namespace) -> int:
     if len(spec.methods) != 1 or len(spec.tasks) != 1:
         raise UserError("bench tune takes one --method and one --task")
     runner = Runner(spec)
-    params, source = runner.tune(spec.methods[0], spec.tasks[0])
+    runner.tune(spec.methods[0], spec.tasks[0])
+    params, source = runner.best(spec.methods[0], spec.tasks[0])
     print(json.dumps({"study": study_name(spec.suite.name, spec.methods[0], spec.tasks[0].name),
                       "best_from": source, "params": params}, indent=2, sort_keys=True))
     return 0

@@ -2,8 +2,9 @@
 the hyperparameters common to all methods, and claims on final fits.
 
 Studies live in a shared storage (a local journal file by default, PostgreSQL/MySQL by URL), so
-a rerun resumes and many workers can share one study. Every worker counts the same budget:
-a study stops once it holds ``trials`` finished (complete, pruned or failed) trials.
+a rerun resumes and many workers can share one study. A study's budget is ``trials`` slots;
+each slot is claimed by one worker (``Claims``), so concurrent workers never overshoot it and a
+slot whose worker died is run again.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from .errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # The recipe's common hyperparameters: the first trial of every study uses these values, the
 # rest are searched in the ranges below. Method-specific ones come from ``Method.search_space``.
 COMMON_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-4}
@@ -103,10 +103,6 @@ def open_study(storage, name: str, seed: int, force: bool = False) -> optuna.Stu
     return study
 
 
-def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-
-
 def best_params(study: optuna.Study) -> tuple[dict, str]:
     """Params of the best complete trial, or (empty, reason) when no trial completed."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -153,6 +149,10 @@ class Claims:
         self.storage.set_study_user_attr(sid, "owner", owner_id())
         self.beat(key)
         return True
+
+    def is_done(self, key: str) -> bool:
+        attempts = self._attempts(key)
+        return bool(attempts) and bool(attempts[-1].user_attrs.get("done"))
 
     def beat(self, key: str) -> None:
         self.storage.set_study_user_attr(self._current[key], "heartbeat", time.time())

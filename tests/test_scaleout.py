@@ -1,0 +1,103 @@
+"""Many workers, one sweep: concurrent workers share the stores and divide the work; a worker
+killed with SIGKILL and started again loses nothing and counts nothing twice."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import mlflow
+import pytest
+
+from bench import tracking
+
+ARGS = ["--methods", "linear,lora", "--tasks", "digits,count", "--trials", "2", "--seeds", "1,2"]
+EXPECTED = {(m, t, s) for m in ("linear", "lora") for t in ("digits", "count") for s in ("1", "2")}
+
+
+def worker(out, *extra) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *ARGS, "--out", str(out), "--no-report",
+                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finals(out) -> list:
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(out))
+    exp = client.get_experiment_by_name(tracking.experiment_name("demo"))
+    return client.search_runs([exp.experiment_id], "tags.phase = 'final'", max_results=1000)
+
+
+def finished_by_key(out) -> dict:
+    runs = [r for r in finals(out) if r.info.status == "FINISHED"]
+    counts = Counter((r.data.tags["method"], r.data.tags["task"], r.data.tags["seed"]) for r in runs)
+    assert all(c == 1 for c in counts.values()), f"a final fit was done twice: {counts}"
+    return {(r.data.tags["method"], r.data.tags["task"], r.data.tags["seed"]): r.data.metrics["test_acc"]
+            for r in runs}
+
+
+def wait(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_three_workers_share_the_sweep_and_match_one_worker(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    procs = [worker(multi, "--epochs", "1") for _ in range(3)]
+    outputs = [wait(p) for p in procs]
+    wait(worker(single, "--epochs", "1"))
+
+    multi_acc, single_acc = finished_by_key(multi), finished_by_key(single)
+    assert set(multi_acc) == EXPECTED
+    assert multi_acc == single_acc  # same trials, same best params, same seeds: same numbers
+    owners = {r.data.tags["owner"] for r in finals(multi)}
+    assert len(owners) >= 2, "the work was not divided between workers"
+    assert sum(o.count("test acc") for o in outputs) == 4 * 3  # every worker reports every pair
+
+    import optuna
+
+    from bench.tune import open_storage
+    for out in (single, multi):
+        storage = open_storage(None, out)
+        for m in ("linear", "lora"):
+            for t in ("digits", "count"):
+                study = optuna.load_study(study_name=f"demo.{m}.{t}", storage=storage)
+                assert len(study.trials) == 2  # the budget, not overshot by concurrent workers
+
+
+def _finished_finals(db) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                           "where t.key = 'phase' and t.value = 'final' and r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def test_sigkill_then_restart_loses_nothing_and_counts_nothing_twice(tmp_path):
+    proc = worker(tmp_path, "--epochs", "2")
+    db = tmp_path / "mlflow.db"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists() and _finished_finals(db) >= 3:
+            break
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        pytest.fail("the worker finished before it could be killed: " + proc.communicate()[0][-2000:])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = set(finished_by_key(tmp_path))
+    assert 3 <= len(done_before) < len(EXPECTED)
+
+    wait(worker(tmp_path, "--epochs", "2"))
+    after = finished_by_key(tmp_path)
+    assert set(after) == EXPECTED
+    statuses = Counter(r.info.status for r in finals(tmp_path))
+    assert statuses["RUNNING"] == 0  # the run killed mid-fit was marked failed on restart
+    assert statuses["FINISHED"] == len(EXPECTED)
