@@ -185,11 +185,12 @@ class Runner:
             self._data_hashes[task] = manifest_hash(self.spec.suite, task, self.spec.data_root)
         return self._data_hashes[task]
 
-    def _config(self, params: dict, seed: int, desc: str) -> TrainConfig:
+    def _config(self, params: dict, seed: int, desc: str, checkpoint: str | None = None) -> TrainConfig:
         s = self.spec
         return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=params["lr"],
                            weight_decay=params["weight_decay"], warmup_epochs=s.warmup_epochs, seed=seed,
-                           device=s.device, workers=s.workers, compile=s.compile, desc=desc)
+                           device=s.device, workers=s.workers, compile=s.compile, desc=desc,
+                           checkpoint=checkpoint)
 
     def _model(self, method: str, task: Task, method_params: dict, seed: int):
         seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
@@ -350,7 +351,9 @@ class Runner:
                     run.log_metrics({"train_loss": metrics["train_loss"], "lr": metrics["lr"]}, step=epoch)
                     self.claims.beat(key)
 
-                result = fit(model, train_ds, self._config(common, seed, desc), eval_ds=test_ds,
+                # real suites checkpoint every epoch, so a preempted job resumes mid-run
+                ckpt = str(self.out / "checkpoints" / f"{key}.pt") if self.spec.suite.needs_data_root else None
+                result = fit(model, train_ds, self._config(common, seed, desc, ckpt), eval_ds=test_ds,
                              on_epoch=on_epoch)
                 run.log_metrics(self._summary(model, result, tracking.TEST_ACC))
         except BaseException:

@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ class TrainConfig:
     workers: int = 0
     compile: bool = False
     desc: str = ""
+    checkpoint: str | None = None  # save every epoch here and resume from it (preemptible GPU jobs)
 
 
 @dataclass
@@ -143,6 +145,32 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
     return 100.0 * correct / max(total, 1), total / max(seconds, 1e-9)
 
 
+def _trainable_state(model: nn.Module) -> dict:
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, **progress) -> None:
+    """Trainable tensors, optimizer and RNG states after an epoch; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **progress}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["model"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
 def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                device: str) -> torch.Tensor:
     """One optimizer step; returns the detached loss without a host sync (the caller checks it
@@ -193,9 +221,16 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     train_seconds = 0.0
     images = 0
     step = 0
-    bar = tqdm(total=total_steps, desc=cfg.desc or "train", leave=False, disable=None, dynamic_ncols=True)
+    start_epoch = 0
+    if cfg.checkpoint and Path(cfg.checkpoint).is_file():
+        state = _load_checkpoint(cfg.checkpoint, model, optimizer, loader.generator)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        result.history, train_seconds, images = state["history"], state["train_seconds"], state["images"]
+        scheduler.step_update(step)
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.desc or "train", leave=False, disable=None,
+               dynamic_ncols=True)
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             model.train()
             epoch_start = time.perf_counter()
             loss_sum, seen = torch.zeros((), device=device), 0
@@ -221,10 +256,15 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                 result.eval_acc, result.eval_img_per_s = acc, ips
                 bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{acc:.1f}")
             result.history.append(metrics)
+            if cfg.checkpoint and epoch < cfg.epochs - 1:
+                _save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, epoch=epoch, step=step,
+                                 history=result.history, train_seconds=train_seconds, images=images)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     finally:
         bar.close()
+    if cfg.checkpoint:
+        Path(cfg.checkpoint).unlink(missing_ok=True)
     result.train_img_per_s = images / max(train_seconds, 1e-9)
     result.peak_mem_mb = peak_memory_mb(device)
     result.wall_s = time.perf_counter() - wall_start

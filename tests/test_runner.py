@@ -225,3 +225,34 @@ def test_cuda_request_without_gpu_is_a_user_error(tmp_path, capsys):
         pytest.skip("a GPU is present")
     assert main(["run", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_checkpointed_fit_resumes_mid_run_with_the_same_numbers(tmp_path):
+    import methods
+    from bench.backbones import create_backbone
+    from bench.data import open_split
+
+    ds = open_split("demo", "count", "val200")
+    backbone = create_backbone("demo")
+
+    def run(checkpoint=None, stop_after_first_epoch=False):
+        train.seed_everything(5)
+        model = methods.get("lora").apply(backbone, num_classes=6)
+        cfg = train.TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=1e-4, warmup_epochs=1, seed=5,
+                                checkpoint=checkpoint)
+
+        def stop(epoch, metrics):
+            if stop_after_first_epoch:
+                raise KeyboardInterrupt
+
+        return train.fit(model, ds, cfg, eval_ds=ds, on_epoch=stop)
+
+    straight = run()
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(str(ckpt), stop_after_first_epoch=True)
+    assert ckpt.is_file()
+    resumed = run(str(ckpt))
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert resumed.eval_acc == straight.eval_acc
+    assert not ckpt.exists()  # removed once the fit is complete
