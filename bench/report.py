@@ -1,0 +1,479 @@
+"""`bench report`: leaderboards rendered from what MLflow holds, never written by hand.
+
+For each suite it reads the FINISHED runs tagged ``phase=final`` of the experiment
+``peft-bench/<suite>`` (schema: ``bench/tracking.py``), aggregates them with pandas and writes
+``<out>/<suite>.md`` (GitHub pipe tables via tabulate) and ``<out>/<suite>_params.png``.
+The markdown is a function of the MLflow content alone (no timestamps, stable sorting, fixed float
+formats), so the same store renders byte-identical files.
+
+Rules the table follows, beyond the schema:
+- Columns are the catalog's tasks (catalog order) that at least one method has a final run for;
+  the suite's other tasks are named in a note and are in no mean.
+- A (method, task, seed) fitted more than once (a ``--force`` rerun) counts once: its most
+  recently started run.
+- A task a method has no run for shows "-", its means are over the tasks it has, and a note
+  (marked "‡") names the missing tasks.
+- The suite's current commit is the ``git_commit`` of its most recently started final run; a
+  cell with a run from any other commit is marked "†".
+- vpt and adapter runs are split into "vpt (deep)" / "vpt (shallow)" rows only when the suite
+  holds both variants (the ``mode`` param); the variant always picks the paper's reference row.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from . import catalog, tracking
+from .errors import UserError
+
+REFERENCE_DIR = catalog.CATALOG_DIR / "reference"
+STALE = "†"
+PARTIAL = "‡"
+METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
+           tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
+VARIANT_METHODS = ("adapter", "vpt")  # methods whose `mode` param changes what is compared
+VARIANT_PARAM = "mode"
+# (method, variant) -> reference row; ssf has none: ssf_star used SSF-style augmentation.
+PAPER_ROW = {
+    ("full", ""): "full",
+    ("linear", ""): "linear",
+    ("lora", ""): "lora",
+    ("rlrr", ""): "rlrr",
+    ("vpt", "deep"): "vpt_deep",
+    ("vpt", "shallow"): "vpt_shallow",
+    ("adapter", "sequential"): "adapter",
+    ("adapter", "parallel"): "adaptformer",
+}
+PPT_SCALE = 1e7  # V-PETL Bench's C
+
+
+# --------------------------------------------------------------------------- reading MLflow
+
+def check_store(uri: str) -> None:
+    """A report only reads: a SQLite file that is not there is an error, never a new empty store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        if not path.is_file():
+            raise UserError(f"no MLflow store at {path} (run `bench run` first, or pass --tracking-uri)")
+
+
+@contextmanager
+def _store(uri: str):
+    """mlflow.search_runs reads the global tracking URI: point it at ``uri`` for the block only,
+    and turn whatever a bad or unreachable store raises into one UserError line."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow
+    except UserError:
+        raise
+    except Exception as exc:  # mlflow, sqlalchemy and requests each raise their own types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot read MLflow store {uri}: {first[:200]}") from None
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def final_runs(uri: str, suite: str) -> pd.DataFrame:
+    """The suite's FINISHED phase=final runs as a tidy frame (empty when there are none)."""
+    with _store(uri) as mlflow:
+        exp = mlflow.MlflowClient(uri).get_experiment_by_name(tracking.experiment_name(suite))
+        if exp is None or exp.lifecycle_stage != "active":
+            return _tidy(pd.DataFrame())
+        raw = mlflow.search_runs(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"tags.phase = '{tracking.PHASE_FINAL}' and attributes.status = 'FINISHED'",
+            output_format="pandas",
+        )
+    return _tidy(raw)
+
+
+def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """Plain column names, strings for tags, floats for metrics, the method variant; runs
+    without a test accuracy are dropped (there is nothing to rank)."""
+    names = {"run_id": "run_id", "start_time": "start", "tags.method": "method", "tags.task": "task",
+             "tags.seed": "seed", "tags.git_commit": "commit", f"params.{VARIANT_PARAM}": "mode",
+             **{f"metrics.{m}": m for m in METRICS}}
+    df = raw.reindex(columns=list(names)).rename(columns=names)
+    for col in ("run_id", "method", "task", "seed", "commit", "mode"):
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    df["commit"] = df["commit"].replace("", "unknown")
+    for col in METRICS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["variant"] = df["mode"].where(df["method"].isin(VARIANT_METHODS), "")
+    return df.dropna(subset=[tracking.TEST_ACC]).drop(columns="mode")
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Row labels: 'vpt (shallow)' only when the suite holds runs of two variants of one method."""
+    several = runs.groupby("method")["variant"].transform("nunique") > 1
+    variant = runs["variant"].replace("", "mode not logged")
+    return runs.assign(label=runs["method"].where(~several, runs["method"] + " (" + variant + ")"))
+
+
+def current_commit(runs: pd.DataFrame) -> str:
+    """The git_commit of the most recently started final run: what the suite is 'now'."""
+    return str(runs.sort_values(["start", "run_id"]).iloc[-1]["commit"])
+
+
+def latest_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per (row, task, seed): the most recently started, so a rerun replaces, not adds."""
+    ordered = runs.sort_values(["label", "task", "seed", "start", "run_id"])
+    return ordered.drop_duplicates(["label", "task", "seed"], keep="last").reset_index(drop=True)
+
+
+def cell_stats(runs: pd.DataFrame, commit: str) -> pd.DataFrame:
+    """Per (row, task): mean and sample std (ddof=1) of test_acc over seeds, seed count, stale."""
+    runs = runs.assign(stale=runs["commit"] != commit)
+    return runs.groupby(["label", "task"], sort=True).agg(
+        mean=(tracking.TEST_ACC, "mean"), std=(tracking.TEST_ACC, "std"),
+        n=(tracking.TEST_ACC, "count"), stale=("stale", "any"))
+
+
+def shown_tasks(suite: catalog.Suite, cells: pd.DataFrame) -> list[str]:
+    """Catalog tasks, in catalog order, that at least one row has a final run for."""
+    have = set(cells.index.get_level_values("task"))
+    return [name for name in suite.tasks if name in have]
+
+
+def task_groups(suite: catalog.Suite, tasks: list[str]) -> dict[str, list[str]]:
+    """Shown tasks by group in the suite's group order; empty for a suite without groups."""
+    groups = {g: [t for t in tasks if suite.tasks[t].group == g] for g in suite.groups}
+    return {g: names for g, names in groups.items() if names}
+
+
+def ppt(mean_acc: pd.Series, params: pd.Series) -> pd.Series:
+    """V-PETL Bench's performance-parameter trade-off: acc/100 * exp(-log10(P / 1e7 + 1))."""
+    return mean_acc / 100 * np.exp(-np.log10(params / PPT_SCALE + 1))
+
+
+def summarize(runs: pd.DataFrame, cells: pd.DataFrame, tasks: list[str],
+              groups: dict[str, list[str]]) -> pd.DataFrame:
+    """Per row: group means, both overall means, whether it has every task, params, PPT,
+    throughput and memory."""
+    acc = cells["mean"].unstack("task").reindex(columns=tasks)
+    out = pd.DataFrame({"complete": acc.notna().all(axis=1)})
+    for group, names in groups.items():
+        out[group] = acc[names].mean(axis=1)
+    out["mean_tasks"] = acc.mean(axis=1)
+    out["mean_groups"] = out[list(groups)].mean(axis=1) if groups else float("nan")
+    params = runs.groupby(["label", "task"])[[tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL]].mean()
+    out = out.join(params.groupby("label").mean())
+    out = out.join(runs.groupby("label")[[tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB]].mean())
+    out["ppt"] = ppt(out["mean_tasks"], out[tracking.PARAMS_TOTAL])
+    return out.sort_index()
+
+
+# --------------------------------------------------------------------------- the paper
+
+def load_reference(suite: str) -> pd.DataFrame | None:
+    """``datasets/reference/<suite>_reported.csv`` as printed (strings, '' = not transcribed)."""
+    path = REFERENCE_DIR / f"{suite}_reported.csv"
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype=str, keep_default_na=False).set_index("method")
+
+
+def reference_rows(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Per row label: its method and the reference row it is compared with ('' when none)."""
+    keys = runs.drop_duplicates("label").set_index("label")[["method", "variant"]].sort_index()
+    rows = pd.Series([PAPER_ROW.get((m, v), "") for m, v in keys.itertuples(index=False)], index=keys.index)
+    return keys[["method"]].assign(row=rows.where(rows.isin(reference.index), ""))
+
+
+def paper_and_delta(summary: pd.DataFrame, cells: pd.DataFrame, ref_rows: pd.DataFrame,
+                    reference: pd.DataFrame, all_tasks: list[str]) -> tuple[pd.Series, pd.Series, list[str]]:
+    """The reported mean per row and Δ = ours minus paper, like with like: the full mean when the
+    row covers every task of the suite, else the mean of per-task differences where the paper
+    gives them, else no Δ. Also the notes that say which rows got the per-task form or none."""
+    numbers = reference.drop(columns=["source"]).apply(pd.to_numeric, errors="coerce")
+    acc = cells["mean"].unstack("task")
+    paper, delta, notes = {}, {}, []
+    for label, row in ref_rows["row"].items():
+        if not row:
+            continue
+        paper[label] = numbers.at[row, "mean"]
+        ours = acc.loc[label].dropna()
+        if set(ours.index) >= set(all_tasks):
+            delta[label] = summary.at[label, "mean_tasks"] - paper[label]
+            continue
+        theirs = numbers.loc[row, list(ours.index)]
+        if theirs.notna().all():
+            delta[label] = (ours - theirs).mean()
+            notes.append(f"Δ of {label}: mean over its {len(ours)} tasks of ours minus the paper's "
+                         f"per-task value, since it has runs for {len(ours)} of {len(all_tasks)} tasks.")
+        elif pd.notna(paper[label]):
+            notes.append(f"Δ of {label}: '-', since it has runs for {len(ours)} of {len(all_tasks)} tasks "
+                         f"and the paper gives no per-task values for all of them.")
+    return pd.Series(paper, dtype=float), pd.Series(delta, dtype=float), notes
+
+
+def paper_table(reference: pd.DataFrame, tasks: list[str]) -> str:
+    """The reference rows as published, '_star' rows labelled as the other protocol they are."""
+    rows = []
+    for name, rec in reference.iterrows():
+        protocol = "other: SSF-style augmentation" if name.endswith("_star") else "same"
+        rows.append([name, protocol, rec["params_m"] or "-"] + [rec[t] or "-" for t in tasks]
+                    + [rec["mean"] or "-"])
+    headers = ["Reference row", "Protocol", "Params (M)"] + tasks + ["Mean"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+# --------------------------------------------------------------------------- formatting
+
+def fmt(value: float, decimals: int, sign: bool = False) -> str:
+    """Fixed decimals, '-' for missing, never '-0.0'."""
+    if pd.isna(value):
+        return "-"
+    text = f"{value:{'+' if sign else ''}.{decimals}f}"
+    return text if float(text) != 0 else f"{0:.{decimals}f}"
+
+
+def column(values: pd.Series, decimals: int, best: str | None, std: pd.Series | None = None,
+           marks: pd.Series | None = None, sign: bool = False, eligible: pd.Series | None = None) -> pd.Series:
+    """Formatted cells of one numeric column: best shown value(s) bold (among ``eligible`` rows:
+    a mean over fewer tasks is no contest), ' ± std', ' †' marks."""
+    shown = values.map(lambda v: fmt(v, decimals, sign))
+    cells = shown.copy()
+    if std is not None:
+        cells = cells + std.reindex(values.index).map(lambda s: "" if pd.isna(s) else f" ± {s:.{decimals}f}")
+    if best:
+        nums = pd.to_numeric(shown.where(shown != "-"), errors="coerce")
+        if eligible is not None:
+            nums = nums.where(eligible.reindex(values.index, fill_value=False).astype(bool))
+        target = nums.max() if best == "max" else nums.min()
+        cells = cells.where(nums != target, "**" + cells + "**")
+    if marks is not None:
+        marks = marks.reindex(values.index, fill_value=False).astype(bool)
+        cells = cells.where(~marks, cells + f" {STALE}")
+    return cells
+
+
+def seeds_column(cells: pd.DataFrame, labels: pd.Index) -> pd.Series:
+    """Seeds per cell of each row: '2', or '1–2' when the row's cells differ."""
+    n = cells["n"].groupby("label").agg(["min", "max"]).reindex(labels)
+    return pd.Series([f"{lo}" if lo == hi else f"{lo}–{hi}" for lo, hi in n.itertuples(index=False)],
+                     index=labels)
+
+
+def missing_notes(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[str]]) -> dict[str, str]:
+    """Per row with missing tasks, the note that says which and over how many its means are."""
+    notes = {}
+    for label, have in cells.reset_index().groupby("label")["task"]:
+        have = set(have)
+        present = [t for t in tasks if t in have]
+        missing = [t for t in tasks if t not in have]
+        if not missing:
+            continue
+        which = (f"finished final runs only for {', '.join(present)}" if len(missing) > len(present)
+                 else f"no finished final run for {', '.join(missing)}")
+        text = f"{PARTIAL} {label}: {which}; its means are over {len(present)} of {len(tasks)} tasks"
+        gaps = [g for g, names in groups.items() if not set(names) & have]
+        if gaps:
+            text += f" and {len(groups) - len(gaps)} of {len(groups)} groups (none in {', '.join(gaps)})"
+        notes[label] = text + "."
+    return notes
+
+
+# --------------------------------------------------------------------------- the report
+
+def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[str]], summary: pd.DataFrame,
+                partial: dict[str, str], paper: pd.Series | None, delta: pd.Series | None) -> str:
+    """The leaderboard as a GitHub pipe table, one row per method (variant), sorted by label."""
+    labels = summary.index
+    mean, std, stale = (cells[field].unstack("task").reindex(index=labels, columns=tasks)
+                        for field in ("mean", "std", "stale"))
+    cols = {"Method": pd.Series([f"{l} {PARTIAL}" if l in partial else l for l in labels], index=labels),
+            "Seeds": seeds_column(cells, labels)}
+    complete = summary["complete"]
+    by_group = groups or {"": tasks}
+    for group, names in by_group.items():
+        for t in names:
+            cols[t] = column(mean[t], 1, "max", std[t], stale[t].fillna(False))
+        if group:
+            cols[f"{group} mean"] = column(summary[group], 1, "max", eligible=mean[names].notna().all(axis=1))
+    cols[f"Mean ({len(tasks)} tasks)"] = column(summary["mean_tasks"], 1, "max", eligible=complete)
+    if groups:
+        cols[f"Mean of {len(groups)} group means"] = column(summary["mean_groups"], 1, "max", eligible=complete)
+    if paper is not None:
+        cols["paper"] = column(paper.reindex(labels), 1, None)
+        cols["Δ"] = column(delta.reindex(labels), 1, "max", sign=True, eligible=complete)
+    cols["Params (M, no head)"] = column(summary[tracking.PARAMS_BACKBONE] / 1e6, 3, "min")
+    cols["Params (M, with heads)"] = column(summary[tracking.PARAMS_TOTAL] / 1e6, 3, "min")
+    cols["PPT"] = column(summary["ppt"], 3, "max", eligible=complete)
+    cols["Train img/s"] = column(summary[tracking.TRAIN_IMG_PER_S], 1, "max")
+    cols["Peak mem (MB)"] = column(summary[tracking.PEAK_MEM_MB], 0, "min")
+    table = pd.DataFrame(cols)
+    return tabulate(table.values.tolist(), headers=list(table.columns), tablefmt="github",
+                    disable_numparse=True)
+
+
+def notes(suite: catalog.Suite, runs: pd.DataFrame, tasks: list[str], groups: dict[str, list[str]],
+          commit: str, ref_rows: pd.DataFrame | None, reference: pd.DataFrame | None) -> list[str]:
+    """The notes under the table that say what each column is and how it was computed."""
+    out = ["Cells: top-1 test accuracy (%) at the last epoch, mean ± sample std (ddof=1) over seeds; "
+           "a single seed shows its value alone. Seeds: seeds per cell (a range when the row's cells "
+           "differ). A (method, task, seed) fitted more than once counts once: its latest run."]
+    means = f"Mean ({len(tasks)} tasks): mean over the task columns"
+    if groups:
+        means += (f"; {', '.join(g + ' mean' for g in groups)}: mean over the group's task columns; "
+                  f"Mean of {len(groups)} group means: mean of those {len(groups)}")
+    out.append(means + ". A method's means are over the tasks it has runs for.")
+    hidden = [t for t in suite.tasks if t not in tasks]
+    if hidden:
+        out.append(f"Tasks of {suite.title} without any finished final run, so neither shown nor in any "
+                   f"mean: {', '.join(hidden)} ({len(hidden)} of {len(suite.tasks)}).")
+    if reference is not None:
+        used = ", ".join(f"{label} → {row}" for label, row in ref_rows["row"].items() if row)
+        none = [label + (f" (only {method}_star, another protocol)" if f"{method}_star" in reference.index else "")
+                for label, method, row in ref_rows.itertuples() if not row]
+        text = (f"paper: the mean over all {len(suite.tasks)} tasks reported for the reference row "
+                f"(table below): {used or 'none'}")
+        if none:
+            text += f"; '-' where the paper has no row of the method run this way: {', '.join(none)}"
+        out.append(text + ". Δ: ours minus paper (Mean minus paper when the method has runs for "
+                   "every task of the suite).")
+    ranked = "accuracy, Δ, PPT" if reference is not None else "accuracy, PPT"
+    out += [
+        "Params (M, no head): trainable parameters without the classifier head (params_backbone); "
+        "Params (M, with heads): trainable parameters with the head, averaged over tasks (params_total).",
+        f"PPT (V-PETL Bench performance-parameter trade-off) = Mean / 100 × exp(−log10(P / 10^7 + 1)), "
+        f"Mean = Mean ({len(tasks)} tasks) in %, P = trainable parameters with heads.",
+        "Train img/s: training throughput; Peak mem (MB): peak memory; both averaged over the method's runs.",
+        f"Bold: the best value of each column of ours (highest {ranked} and throughput; lowest params "
+        f"and memory); a mean over fewer tasks than the column's (‡) is not ranked.",
+    ]
+    stale = sorted(set(runs.loc[runs["commit"] != commit, "commit"]))
+    if stale:
+        out.append(f"{STALE} the cell has runs from another commit ({', '.join(stale)}) than the suite's "
+                   f"current commit {commit} (that of its most recently started final run).")
+    return out
+
+
+def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The whole ``<suite>.md`` text, and the per-row summary the plot draws."""
+    labelled = label_rows(all_runs)
+    commit = current_commit(labelled)
+    known = labelled[labelled["task"].isin(list(suite.tasks))]
+    runs = latest_per_seed(known)
+    cells = cell_stats(runs, commit)
+    tasks = shown_tasks(suite, cells)
+    groups = task_groups(suite, tasks)
+    summary = summarize(runs, cells, tasks, groups)
+    partial = missing_notes(cells, tasks, groups)
+    reference = load_reference(suite.name)
+    paper = delta = ref_rows = None
+    delta_notes: list[str] = []
+    if reference is not None:
+        ref_rows = reference_rows(runs, reference)
+        paper, delta, delta_notes = paper_and_delta(summary, cells, ref_rows, reference, list(suite.tasks))
+    table = build_table(cells, tasks, groups, summary, partial, paper, delta)
+    lines = [f"# {suite.title} leaderboard", "",
+             f"Rendered by `bench report` from {len(runs)} finished final runs in the MLflow experiment "
+             f"`{tracking.experiment_name(suite.name)}` ({summary.shape[0]} methods, {len(tasks)} tasks). "
+             f"Current commit: {commit}.", "", table, ""]
+    lines += [f"- {n}" for n in notes(suite, runs, tasks, groups, commit, ref_rows, reference)]
+    lines += [f"- {n}" for n in list(partial.values()) + delta_notes]
+    lines += _ignored_notes(labelled, known, runs)
+    lines += ["", f"![Mean accuracy vs trainable parameters]({suite.name}_params.png)", ""]
+    if reference is not None:
+        lines += ["## Published reference", "",
+                  f"As transcribed in datasets/reference/{suite.name}_reported.csv ('-': not transcribed, "
+                  f"never imputed). Rows ending in _star use SSF-style data augmentation: another protocol, "
+                  f"never the reference of a run without it.", "", paper_table(reference, tasks), ""]
+    return "\n".join(lines), summary
+
+
+def _ignored_notes(labelled: pd.DataFrame, known: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Say what was read but not counted, so nothing disappears silently."""
+    out = []
+    unknown = sorted(set(labelled["task"]) - set(known["task"]))
+    if unknown:
+        out.append(f"- Not counted: {len(labelled) - len(known)} final run(s) of tasks not in the catalog "
+                   f"({', '.join(unknown)}).")
+    if len(known) > len(runs):
+        out.append(f"- Not counted: {len(known) - len(runs)} final run(s) superseded by a later run of the "
+                   f"same method, task and seed.")
+    return out
+
+
+def plot_png(summary: pd.DataFrame, title: str) -> bytes:
+    """Mean accuracy vs trainable parameters with heads (log x), one labelled point per row;
+    a row with missing tasks is hollow and labelled ‡, as in the table."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    points = summary.assign(p=summary[tracking.PARAMS_TOTAL] / 1e6)
+    points = points[(points["p"] > 0) & points["mean_tasks"].notna()]
+    for i, (label, row) in enumerate(points.iterrows()):
+        color = f"C{i % 10}"
+        ax.scatter(row["p"], row["mean_tasks"], color=color if row["complete"] else "none", edgecolors=color)
+        ax.annotate(label if row["complete"] else f"{label} {PARTIAL}", (row["p"], row["mean_tasks"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if not points.empty:
+        ax.set_xscale("log")
+    ax.set_xlabel("Trainable parameters with heads (M, log scale)")
+    ax.set_ylabel("Mean test accuracy over tasks (%)")
+    ax.set_title(f"{title}: accuracy vs trainable parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same folder and rename: never a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(suite: catalog.Suite, runs: pd.DataFrame, out: Path) -> list[Path]:
+    """Render one suite to ``<out>/<suite>.md`` and ``<out>/<suite>_params.png``."""
+    text, summary = render_markdown(suite, runs)
+    md, png = out / f"{suite.name}.md", out / f"{suite.name}_params.png"
+    write_atomic(png, plot_png(summary, suite.title))
+    write_atomic(md, text.encode("utf-8"))
+    return [md, png]
+
+
+def main(args) -> int:
+    """`bench report`: every suite with final runs, or ``--suite``; prints the written paths."""
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    if args.suite:
+        catalog.load_suite(args.suite)  # an unknown suite fails before the store is touched
+    check_store(uri)
+    names = [args.suite] if args.suite else catalog.suite_names()
+    written = []
+    for name in names:
+        runs = final_runs(uri, name)
+        if runs.empty:
+            continue
+        written += write_report(catalog.load_suite(name), runs, Path(args.out))
+    if not written:
+        where = f"suite {args.suite}" if args.suite else f"any suite ({', '.join(names)})"
+        raise UserError(f"no finished final runs of {where} in MLflow store {uri}")
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,304 @@
+"""`bench report` against a real (temporary SQLite) MLflow store written with the schema of
+bench/tracking.py: exact markdown, determinism, what is not counted, stale marks, paper column,
+and the one-line errors."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from bench import catalog, cli, report, tracking
+
+_CLOCK = itertools.count(1_700_000_000_000, 1000)  # start times: later runs are written later
+
+TINY = catalog.Suite(
+    name="tiny", title="Tiny", backbone="demo", needs_data_root=False,
+    groups=("Natural", "Structured"),
+    splits=catalog.Splits("train800", "val200", "train800val200", "test",
+                          ("train800", "val200", "train800val200", "test")),
+    recipe={}, transform={},
+    tasks={
+        "digits": catalog.Task("digits", 10, "Natural"),
+        "textures": catalog.Task("textures", 20, "Natural"),
+        "count": catalog.Task("count", 30, "Structured"),
+        "dist": catalog.Task("dist", 40, "Structured"),
+    },
+)
+
+
+def log_run(client, exp_id, method, task, seed, acc, *, params_backbone, head=0, img_s=100.0, mem=500.0,
+            mode=None, commit="abc123", phase=tracking.PHASE_FINAL, status="FINISHED", group=""):
+    """One run as the runner logs it: tags, params, end-of-run metrics, then its final status."""
+    start = next(_CLOCK)
+    tags = {"phase": phase, "suite": "x", "method": method, "task": task, "group": group,
+            "seed": str(seed), "git_commit": commit}
+    run_id = client.create_run(exp_id, start_time=start, tags=tags).info.run_id
+    params = [Param("method", method), Param("seed", str(seed))] + ([Param("mode", mode)] if mode else [])
+    metrics = {tracking.TEST_ACC: acc, tracking.PARAMS_BACKBONE: params_backbone,
+               tracking.PARAMS_TOTAL: params_backbone + head, tracking.TRAIN_IMG_PER_S: img_s,
+               tracking.PEAK_MEM_MB: mem}
+    client.log_batch(run_id, params=params,
+                     metrics=[Metric(k, float(v), start, 0) for k, v in sorted(metrics.items())])
+    if status != "RUNNING":
+        client.set_terminated(run_id, status, end_time=start + 500)
+    return run_id
+
+
+def log_cells(client, exp_id, method, table, heads, **kw):
+    """``table``: {task: [acc per seed]}; seeds are 1, 2, ...; the head size comes from ``heads``."""
+    for task, accs in table.items():
+        for seed, acc in enumerate(accs, start=1):
+            log_run(client, exp_id, method, task, seed, acc, head=heads[task], **kw)
+
+
+def fill_tiny(client):
+    heads = {"digits": 10_000, "textures": 20_000, "count": 30_000, "dist": 40_000}
+    exp = client.create_experiment(tracking.experiment_name("tiny"))
+    # superseded by the rerun of the same (method, task, seed) below: must not count
+    log_run(client, exp, "full", "digits", 1, 10.0, params_backbone=1_000_000, head=10_000)
+    log_cells(client, exp, "full", {"digits": [90, 92], "textures": [70, 74], "count": [60, 60],
+                                    "dist": [50, 54]}, heads, params_backbone=1_000_000, img_s=100, mem=900)
+    log_cells(client, exp, "linear", {"digits": [80, 81], "textures": [60, 61], "count": [40, 42],
+                                      "dist": [30, 30]}, heads, params_backbone=0, img_s=400, mem=300)
+    log_cells(client, exp, "lora", {"digits": [91, 93], "textures": [72, 72], "count": [62, 64]},
+              heads, params_backbone=50_000, img_s=150, mem=700)
+    log_cells(client, exp, "vpt", {"digits": [85, 86], "textures": [65, 66], "count": [55, 56],
+                                   "dist": [45, 46]}, heads, params_backbone=20_000, mode="deep", img_s=120, mem=800)
+    log_cells(client, exp, "vpt", {"digits": [84], "textures": [64], "count": [54], "dist": [44]},
+              heads, params_backbone=2_000, mode="shallow", img_s=130, mem=750)
+    # never counted: a failed and a still-running final run, a finished trial
+    log_run(client, exp, "full", "digits", 3, 99.9, params_backbone=1, status="FAILED")
+    log_run(client, exp, "linear", "digits", 3, 99.9, params_backbone=1, status="RUNNING")
+    log_run(client, exp, "full", "digits", 1, 99.9, params_backbone=1, phase=tracking.PHASE_TRIAL)
+
+
+def fill_vtab(client):
+    suite = catalog.load_suite("vtab1k")
+    heads = {t.name: 769 * t.num_classes for t in suite.tasks.values()}
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    # lora's clevr_count ran at an older commit and before everything else: its cell is stale
+    log_run(client, exp, "lora", "clevr_count", 1, 50.0, params_backbone=294_912, head=heads["clevr_count"],
+            commit="old000")
+    log_cells(client, exp, "full", {t: [70.0] for t in suite.tasks}, heads, params_backbone=85_798_656,
+              commit="new111")
+    four = ["cifar", "dtd", "eurosat", "clevr_count"]
+    log_cells(client, exp, "rlrr", {t: [80.0, 81.0] for t in four}, heads, params_backbone=288_768,
+              commit="new111")
+    log_cells(client, exp, "lora", {t: [60.0] for t in four[:3]}, heads, params_backbone=294_912,
+              commit="new111")
+    log_cells(client, exp, "ssf", {"cifar": [65.0]}, heads, params_backbone=205_824, commit="new111")
+    log_cells(client, exp, "adapter", {"cifar": [66.0]}, heads, params_backbone=156_768, mode="parallel",
+              commit="new111")
+    log_cells(client, exp, "vpt", {"cifar": [64.0]}, heads, params_backbone=9_216, mode="shallow",
+              commit="new111")
+
+
+def fill_fgvc(client):
+    heads = {"cub_200_2011": 153_800, "nabirds": 427_350}
+    exp = client.create_experiment(tracking.experiment_name("fgvc"))
+    log_cells(client, exp, "rlrr", {"cub_200_2011": [90.0], "nabirds": [85.0]}, heads, params_backbone=288_768)
+    log_cells(client, exp, "adapter", {"cub_200_2011": [88.0], "nabirds": [80.0]}, heads,
+              params_backbone=156_768, mode="parallel")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating one costs about a second)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    fill_tiny(client)
+    fill_vtab(client)
+    fill_fgvc(client)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('empty') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the tables
+    return uri
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """The catalog knows the tiny suite too (only for load_suite; it is not a listed suite)."""
+    real = catalog.load_suite
+    monkeypatch.setattr(catalog, "load_suite", lambda name: TINY if name == "tiny" else real(name))
+
+
+def bench_report(capsys, *argv):
+    """Run `bench report ...` through the real CLI; (exit code, stdout, stderr)."""
+    code = cli.main(["report", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def render(capsys, store, tmp_path, suite):
+    code, out, err = bench_report(capsys, "--suite", suite, "--tracking-uri", store, "--out", str(tmp_path))
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / f"{suite}.md"), str(tmp_path / f"{suite}_params.png")]
+    return (tmp_path / f"{suite}.md").read_text(encoding="utf-8")
+
+
+# The tiny suite, worked by hand: full digits (90, 92) -> 91.0 ± 1.4; Natural mean (91 + 72) / 2;
+# Mean (91 + 72 + 60 + 52) / 4 = 68.75; PPT 0.6875 * exp(-log10(1.025e6 / 1e7 + 1)) = 0.659.
+# lora has no dist run: "-", ‡ and a note; its 3-task means are not ranked (no bold).
+# Not counted: the superseded 10.0, the FAILED and RUNNING final runs and the trial (all 99.9).
+EXPECTED_TINY = """\
+# Tiny leaderboard
+
+Rendered by `bench report` from 34 finished final runs in the MLflow experiment `peft-bench/tiny` (5 methods, 4 tasks). Current commit: abc123.
+
+| Method        | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
+|---------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
+| full          | 2       | 91.0 ± 1.4     | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | **68.8**         | **68.8**                | 1.000                 | 1.025                    | **0.659** | 100.0         | 900             |
+| linear        | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | 53.0                    | **0.000**             | **0.025**                | 0.529     | **400.0**     | **300**         |
+| lora ‡        | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | 72.5                    | 0.050                 | 0.070                    | 0.754     | 150.0         | 700             |
+| vpt (deep)    | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | 63.0             | 63.0                    | 0.020                 | 0.045                    | 0.629     | 120.0         | 800             |
+| vpt (shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
+
+- Cells: top-1 test accuracy (%) at the last epoch, mean ± sample std (ddof=1) over seeds; a single seed shows its value alone. Seeds: seeds per cell (a range when the row's cells differ). A (method, task, seed) fitted more than once counts once: its latest run.
+- Mean (4 tasks): mean over the task columns; Natural mean, Structured mean: mean over the group's task columns; Mean of 2 group means: mean of those 2. A method's means are over the tasks it has runs for.
+- Params (M, no head): trainable parameters without the classifier head (params_backbone); Params (M, with heads): trainable parameters with the head, averaged over tasks (params_total).
+- PPT (V-PETL Bench performance-parameter trade-off) = Mean / 100 × exp(−log10(P / 10^7 + 1)), Mean = Mean (4 tasks) in %, P = trainable parameters with heads.
+- Train img/s: training throughput; Peak mem (MB): peak memory; both averaged over the method's runs.
+- Bold: the best value of each column of ours (highest accuracy, PPT and throughput; lowest params and memory); a mean over fewer tasks than the column's (‡) is not ranked.
+- ‡ lora: no finished final run for dist; its means are over 3 of 4 tasks.
+- Not counted: 1 final run(s) superseded by a later run of the same method, task and seed.
+
+![Mean accuracy vs trainable parameters](tiny_params.png)
+"""
+
+
+def test_tiny_exact_markdown(store, tiny, capsys, tmp_path):
+    assert render(capsys, store, tmp_path, "tiny") == EXPECTED_TINY
+
+
+def test_same_store_renders_byte_identical_files(store, tiny, capsys, tmp_path):
+    first = render(capsys, store, tmp_path / "a", "tiny")
+    second = render(capsys, store, tmp_path / "b", "tiny")
+    assert first.encode() == second.encode()
+    png_a, png_b = (tmp_path / d / "tiny_params.png" for d in "ab")
+    assert png_a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_a.read_bytes() == png_b.read_bytes()
+
+
+def test_no_half_written_files_left(store, tiny, capsys, tmp_path):
+    render(capsys, store, tmp_path, "tiny")
+    render(capsys, store, tmp_path, "tiny")  # overwriting goes through a rename as well
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.md", "tiny_params.png"]
+
+
+def test_failed_running_and_trial_runs_are_not_counted(store, tiny, capsys, tmp_path):
+    md = render(capsys, store, tmp_path, "tiny")
+    assert "99.9" not in md
+    assert "from 34 finished final runs" in md  # 35 finished final runs, one superseded
+
+
+def first_table(md: str) -> dict[str, dict[str, str]]:
+    """The leaderboard (the first markdown table) as {row label: {column header: cell}}."""
+    block = md[md.index("\n|") + 1:].split("\n\n")[0].splitlines()
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    headers = split(block[0])
+    rows = [dict(zip(headers, split(line))) for line in block[2:]]
+    return {r["Method"]: r for r in rows}
+
+
+def test_vtab_paper_column_and_delta(store, capsys, tmp_path):
+    md = render(capsys, store, tmp_path, "vtab1k")
+    rows = first_table(md)
+    # full ran all 19 tasks: Δ = 70.0 - 65.6, and only complete rows are ranked
+    assert rows["full"]["paper"] == "65.6" and rows["full"]["Δ"] == "**+4.4**"
+    assert rows["full"]["Mean (19 tasks)"] == "**70.0**"
+    assert rows["full"]["Mean of 3 group means"] == "**70.0**"
+    # rlrr ran 4 tasks: Δ = mean of (80.5 - 75.6, 80.5 - 72.9, 80.5 - 95.2, 80.5 - 79.7) = -0.35
+    assert rows["rlrr ‡"]["paper"] == "74.5" and rows["rlrr ‡"]["Δ"] == "-0.4"
+    assert "Δ of rlrr: mean over its 4 tasks" in md
+    # lora: only the 19-task mean is published, so no Δ for 4 tasks
+    assert rows["lora ‡"]["paper"] == "72.3" and rows["lora ‡"]["Δ"] == "-"
+    # ssf_star is another protocol: never ssf's reference
+    assert rows["ssf ‡"]["paper"] == "-"
+    assert "ssf (only ssf_star, another protocol)" in md
+    # one variant in the suite: one row "adapter"/"vpt", still compared with its variant's row
+    assert rows["adapter ‡"]["paper"] == "72.3" and "adapter → adaptformer" in md
+    assert rows["vpt ‡"]["paper"] == "64.9" and "vpt → vpt_shallow" in md
+    assert "| ssf_star        | other: SSF-style augmentation |" in md
+    # group means and both overall means of rlrr: 80.5 everywhere, params 0.289 M
+    assert rows["rlrr ‡"]["cifar"] == "**80.5 ± 0.7**" and rows["rlrr ‡"]["caltech101"] == "-"
+    assert rows["rlrr ‡"]["Params (M, no head)"] == "0.289"
+
+
+def test_vtab_stale_cells_are_marked(store, capsys, tmp_path):
+    md = render(capsys, store, tmp_path, "vtab1k")
+    rows = first_table(md)
+    assert rows["lora ‡"]["clevr_count"] == "50.0 †"
+    assert rows["lora ‡"]["cifar"] == "60.0"
+    assert "Current commit: new111." in md
+    assert "† the cell has runs from another commit (old000) than the suite's current commit new111" in md
+    assert md.count("†") == 2
+
+
+def test_fgvc_hidden_tasks_and_missing_reference_row(store, capsys, tmp_path):
+    md = render(capsys, store, tmp_path, "fgvc")
+    rows = first_table(md)
+    assert list(rows["rlrr"])[2:5] == ["cub_200_2011", "nabirds", "Mean (2 tasks)"]
+    assert "neither shown nor in any mean: oxford_flowers, stanford_dogs, stanford_cars (3 of 5)" in md
+    assert rows["adapter"]["paper"] == "-"  # FGVC has no adaptformer row
+    assert rows["rlrr"]["Δ"] == "**+0.5**"  # (90.0 - 89.3 + 85.0 - 84.7) / 2, the only Δ
+    assert "Mean of" not in md  # no groups in FGVC
+
+
+def test_every_suite_with_final_runs_by_default(store, capsys, tmp_path):
+    code, out, err = bench_report(capsys, "--tracking-uri", store, "--out", str(tmp_path))
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / name) for name in
+                           ("fgvc.md", "fgvc_params.png", "vtab1k.md", "vtab1k_params.png")]
+
+
+def test_ppt_matches_v_petl_bench():
+    # V-PETL Bench: LoRA, 72.3 % at 0.29 M parameters -> 0.71
+    got = report.ppt(pd.Series([72.3]), pd.Series([0.29e6]))[0]
+    assert got == pytest.approx(0.723 * math.exp(-math.log10(1.029)))
+    assert round(got, 2) == 0.71
+
+
+def one_line_error(capsys, *argv) -> str:
+    code, out, err = bench_report(capsys, *argv)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: ")
+    return err
+
+
+def test_unknown_suite_is_one_line(store, capsys, tmp_path):
+    err = one_line_error(capsys, "--suite", "nope", "--tracking-uri", store, "--out", str(tmp_path))
+    assert "unknown suite 'nope'" in err
+
+
+def test_suite_without_runs_is_one_line(empty_store, capsys, tmp_path):
+    err = one_line_error(capsys, "--suite", "fgvc", "--tracking-uri", empty_store, "--out", str(tmp_path))
+    assert "no finished final runs of suite fgvc" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_empty_store_is_one_line(empty_store, capsys, tmp_path):
+    err = one_line_error(capsys, "--tracking-uri", empty_store, "--out", str(tmp_path))
+    assert "no finished final runs of any suite" in err
+
+
+def test_missing_store_is_one_line_and_not_created(capsys, tmp_path):
+    db = tmp_path / "nothing" / "mlflow.db"
+    err = one_line_error(capsys, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path))
+    assert "no MLflow store at" in err
+    assert not db.parent.exists()
+
+
+def test_unreadable_store_is_one_line(capsys, tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.write_text("not a database")
+    err = one_line_error(capsys, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out"))
+    assert "cannot read MLflow store" in err
