@@ -80,6 +80,9 @@ def connect(uri: str) -> "mlflow.MlflowClient":
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    # a dead tracking server should fail in seconds, not after minutes of MLflow's default retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     try:
