@@ -233,8 +233,10 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             epoch_start = time.perf_counter()
-            loss_sum, seen = torch.zeros((), device=device), 0
+            loss_sum, seen, data_wait = torch.zeros((), device=device), 0, 0.0
+            ready = time.perf_counter()
             for i, (x, y) in enumerate(loader, 1):
+                data_wait += time.perf_counter() - ready  # time the step waited for its batch
                 x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
                 loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
                 seen += y.numel()
@@ -246,9 +248,12 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                     if not math.isfinite(mean_loss):
                         raise Diverged(f"loss is {mean_loss} at epoch {epoch + 1}, step {step}")
                     bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
-            train_seconds += time.perf_counter() - epoch_start
+                ready = time.perf_counter()
+            epoch_seconds = time.perf_counter() - epoch_start
+            train_seconds += epoch_seconds
             images += seen
-            metrics = {"train_loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
+            metrics = {"train_loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
+                       "data_wait_frac": data_wait / max(epoch_seconds, 1e-9)}
             last = epoch == cfg.epochs - 1
             if eval_ds is not None and (eval_every_epoch or last):
                 acc, ips = evaluate(model, eval_ds, cfg.batch_size, device, cfg.workers, features)
