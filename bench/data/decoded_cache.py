@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import UserError
+from .parallel import map_with_progress
 
 MEMORY_BUDGET_ENV = "BENCH_DATA_MEMORY_MB"
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
@@ -100,14 +99,12 @@ def _cache_key(paths: Sequence[Path], decode: Callable) -> str:
 
 
 def _fill(out: np.ndarray, paths: Sequence[Path], where: Sequence[str], decode: Callable, desc: str) -> None:
-    """Decode into ``out`` with a thread per core (PIL releases the GIL while decoding)."""
+    """Decode into ``out``; a bad image is a UserError naming it and where it is listed."""
     def work(i: int) -> None:
         try:
             out[i] = decode(paths[i])
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
             raise UserError(f"cannot read image {paths[i]} (listed at {where[i]}): {exc}") from None
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
-            tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False) as bar:
-        for _ in pool.map(work, range(len(paths))):
-            bar.update()
+    for _ in map_with_progress(work, range(len(paths)), len(paths), desc):
+        pass

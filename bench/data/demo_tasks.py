@@ -36,24 +36,27 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _add_noise(rng: np.random.Generator, canvas: np.ndarray, sigma: float) -> np.ndarray:
-    return canvas + rng.normal(0.0, sigma, canvas.shape).astype(np.float32)
+    return canvas + sigma * rng.standard_normal(canvas.shape, dtype=np.float32)
 
 
 def _contrasting(rng: np.random.Generator, background: np.ndarray, min_gap: float = 0.3) -> np.ndarray:
-    """Random colours whose luma differs from each background colour (N, 3) by at least ``min_gap``."""
+    """Random colours whose luma differs from each background colour (N, 3) by at least ``min_gap``
+    (at most 0.5); where 50 draws fail, black or white, whichever is further from the background."""
     luma_w = np.array([0.299, 0.587, 0.114], np.float32)
     colours = shapes.random_colours(rng, len(background))
     for _ in range(50):
         bad = np.abs((colours - background) @ luma_w) < min_gap
         if not bad.any():
-            break
+            return colours
         colours[bad] = shapes.random_colours(rng, int(bad.sum()), val=(0.0, 1.0))
+    colours[bad] = (background[bad] @ luma_w < 0.5)[:, None].astype(np.float32)
     return colours
 
 
 def digits(rng: np.random.Generator, n: int, num_classes: int):
-    """scikit-learn's 1797 bundled 8x8 handwritten digits, scaled to 16-28 px, placed at a random
-    offset in colour on a coloured background with noise (Natural, like SVHN)."""
+    """scikit-learn's 1797 bundled 8x8 handwritten digits, scaled to 22-30 px, rotated up to 10
+    degrees, placed within 3 px of the centre in colour on a contrasting background, with noise
+    (Natural, like SVHN)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -61,19 +64,20 @@ def digits(rng: np.random.Generator, n: int, num_classes: int):
     assert num_classes == 10 and n <= len(data.target), "digits has 10 classes and 1797 images"
     order = rng.permutation(len(data.target))[:n]
     bg = shapes.random_colours(rng, n, sat=(0.0, 0.8), val=(0.1, 0.95))
-    fg = _contrasting(rng, bg, 0.35)
+    fg = _contrasting(rng, bg, 0.4)
     canvas = np.empty((n, SIZE, SIZE, 3), np.float32)
     canvas[:] = bg[:, None, None, :]
-    sizes = rng.integers(16, 29, n)
-    angles = rng.uniform(-15, 15, n)
+    sizes = rng.integers(22, 31, n)
+    angles = rng.uniform(-10, 10, n)
     for i, (src, side, angle) in enumerate(zip(order, sizes, angles)):
         glyph = Image.fromarray((data.images[src] / 16.0).astype(np.float32), mode="F")
         glyph = np.asarray(glyph.resize((side, side), Image.Resampling.BILINEAR).rotate(angle, Image.Resampling.BILINEAR))
-        y, x = rng.integers(0, SIZE - side + 1, 2)
+        y, x = (SIZE - side) // 2 + rng.integers(-3, 4, 2)
+        y, x = np.clip([y, x], 0, SIZE - side)
         alpha = np.clip(glyph, 0.0, 1.0)[..., None]
         patch = canvas[i, y:y + side, x:x + side]
         canvas[i, y:y + side, x:x + side] = patch * (1 - alpha) + alpha * fg[i]
-    return _add_noise(rng, canvas, 0.06), data.target[order]
+    return _add_noise(rng, canvas, 0.04), data.target[order]
 
 
 def textures(rng: np.random.Generator, n: int, num_classes: int):
@@ -109,25 +113,26 @@ def textures(rng: np.random.Generator, n: int, num_classes: int):
 
 def cells(rng: np.random.Generator, n: int, num_classes: int):
     """Microscopy-like fields of small stained nuclei (PatchCamelyon-like). Class 1 ("abnormal")
-    also holds 1-2 larger, darker, irregular nuclei; normal fields hold only regular ones."""
+    also holds 1-2 larger, irregular, slightly darker nuclei; some normal fields hold one large
+    regular nucleus, and stain strength and crowding vary per field, so no single cue decides."""
     assert num_classes == 2
     labels = _balanced_labels(rng, n, num_classes)
     canvas = np.empty((n, SIZE, SIZE, 3), np.float32)
     canvas[:] = (np.array([0.95, 0.82, 0.88], np.float32) + rng.normal(0, 0.04, (n, 3)))[:, None, None, :]
-    stain = np.array([0.55, 0.35, 0.70], np.float32)
-    for _ in range(int(rng.integers(8, 15))):  # regular nuclei, a varying number per image
-        present = rng.random(n) < 0.8
-        r = rng.uniform(1.4, 2.9, n)
-        mask = _blob(rng, n, r, irregular=0.1) & present[:, None, None]
-        shade = stain * rng.uniform(0.75, 1.1, (n, 1))
-        shapes.paint(canvas, mask * rng.uniform(0.6, 0.9, n)[:, None, None], shade)
+    stain = np.array([0.55, 0.35, 0.70], np.float32) * rng.uniform(0.75, 1.15, (n, 1)).astype(np.float32)
+    crowding = rng.uniform(0.3, 0.9, n)
+    for _ in range(16):  # regular nuclei, 5 to 14 per field on average
+        present = rng.random(n) < crowding
+        mask = _blob(rng, n, rng.uniform(1.4, 3.0, n), irregular=0.1) & present[:, None, None]
+        shapes.paint(canvas, mask * rng.uniform(0.6, 0.9, n)[:, None, None], stain * rng.uniform(0.8, 1.1, (n, 1)))
     abnormal = labels == 1
+    decoy = ~abnormal & (rng.random(n) < 0.4)
+    mask = _blob(rng, n, rng.uniform(2.6, 3.4, n), irregular=0.1) & decoy[:, None, None]
+    shapes.paint(canvas, mask * 0.85, stain * rng.uniform(0.8, 1.0, (n, 1)))
     for k in range(2):
-        present = abnormal & ((k == 0) | (rng.random(n) < 0.5))
-        r = rng.uniform(2.6, 4.2, n)
-        mask = _blob(rng, n, r, irregular=0.3) & present[:, None, None]
-        shade = stain * rng.uniform(0.45, 0.75, (n, 1))
-        shapes.paint(canvas, mask * 0.9, shade)
+        present = abnormal & ((k == 0) | (rng.random(n) < 0.4))
+        mask = _blob(rng, n, rng.uniform(3.0, 4.2, n), irregular=0.3) & present[:, None, None]
+        shapes.paint(canvas, mask * 0.9, stain * rng.uniform(0.6, 0.8, (n, 1)))
     return _add_noise(rng, canvas, 0.05), labels
 
 

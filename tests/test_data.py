@@ -1,0 +1,283 @@
+"""The data layer: on-disk readers, ``bench data check``, manifests, the decoded-image cache, the demo suite
+and the demo backbone's pretraining. Fixtures are tiny JPEG trees written into tmp_path."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import cli
+from bench.catalog import load_suite
+from bench.data import decoded_cache, demo_tasks, manifest_hash, open_split, transforms
+from bench.errors import UserError
+
+VTAB_SPLITS = {"train800": 4, "val200": 2, "test": 3}
+
+
+def _jpeg(path: Path, colour, size=(40, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, "JPEG")
+
+
+def _vtab_task(folder: Path, offset: int) -> None:
+    """A task folder with train800 (4), val200 (2), train800val200 (their union) and test (3); labels 0/1."""
+    lines = {}
+    for split, n in VTAB_SPLITS.items():
+        lines[split] = []
+        for i in range(n):
+            rel = f"images/{split}_{i}.jpg"
+            _jpeg(folder / rel, (offset + 20 * i, 100, 50 * (i % 2)))
+            lines[split].append(f"{rel} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def vtab_root(tmp_path: Path) -> Path:
+    root = tmp_path / "vtab"
+    _vtab_task(root / "cifar100", 0)  # an alias of the catalog's "cifar"
+    _vtab_task(root / "dtd", 100)
+    return root
+
+
+@pytest.fixture
+def fgvc_root(tmp_path: Path) -> Path:
+    root = tmp_path / "fgvc"
+    folder = root / "CUB_200_2011"  # an alias of "cub_200_2011"; images under image_dir "images"
+    for split, n in {"train": 5, "val": 2, "test": 3}.items():
+        mapping = {}
+        for i in range(n):
+            rel = f"{i % 3:03d}.bird/{split}_{i}.jpg"
+            _jpeg(folder / "images" / rel, (30 * i, 60, 90), size=(64, 48))
+            mapping[rel] = i % 3
+        (folder / f"{split}.json").write_text(json.dumps(mapping))
+    return root
+
+
+def _run(*argv) -> int:
+    return cli.main(["data", "check", *map(str, argv)])
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*"))
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+def test_vtab_reader_counts_labels_and_alias_folder(vtab_root):
+    suite = load_suite("vtab1k")
+    expected = {split: [i % 2 for i in range(n)] for split, n in VTAB_SPLITS.items()}
+    expected["train800val200"] = expected["train800"] + expected["val200"]
+    for split, labels in expected.items():
+        ds = open_split(suite, "cifar", split, data_root=vtab_root)
+        assert ds.num_classes == 100 and [ds[i][1] for i in range(len(ds))] == labels
+    image, label = open_split("vtab1k", "dtd", "test", data_root=vtab_root)[2]
+    assert image.shape == (3, 224, 224) and image.dtype == torch.float32 and isinstance(label, int)
+    assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_fgvc_reader_union_and_augmentation(fgvc_root):
+    suite = load_suite("fgvc")
+    train, val = (open_split(suite, "cub_200_2011", s, data_root=fgvc_root) for s in ("train", "val"))
+    union = open_split(suite, "cub_200_2011", "train+val", data_root=fgvc_root)
+    assert (len(train), len(val), len(union)) == (5, 2, 7) and union.num_classes == 200
+    assert union.labels.tolist() == train.labels.tolist() + val.labels.tolist()
+    augmented = open_split(suite, "cub_200_2011", "train", data_root=fgvc_root, train=True)
+    assert augmented.images.shape[-2:] == (256, 256)  # cached before the random crop
+    assert augmented[0][0].shape == train[0][0].shape == (3, 224, 224)
+
+
+def test_open_split_errors(vtab_root):
+    with pytest.raises(UserError, match="data root"):
+        open_split("vtab1k", "cifar", "test", data_root=vtab_root / "nope")
+    with pytest.raises(UserError, match="--data-root"):
+        open_split("vtab1k", "cifar", "test")
+    with pytest.raises(UserError, match="unknown split"):
+        open_split("vtab1k", "cifar", "train", data_root=vtab_root)
+    with pytest.raises(UserError, match="no folder for task svhn"):
+        open_split("vtab1k", "svhn", "test", data_root=vtab_root)
+    (vtab_root / "dtd" / "images" / "test_1.jpg").unlink()
+    with pytest.raises(UserError, match=r"test_1\.jpg.*test\.txt:2"):
+        open_split("vtab1k", "dtd", "test", data_root=vtab_root)
+
+
+# --- bench data check -----------------------------------------------------------------------------
+
+def test_check_passes_and_prints_table(vtab_root, fgvc_root, capsys):
+    assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar,dtd") == 0
+    out = capsys.readouterr().out
+    assert "| cifar " in out and "cifar100" in out and "| dtd " in out
+    assert "4 [0..1]" in out and "6 [0..1]" in out and "3 [0..1]" in out
+    assert _run("--suite", "fgvc", "--data-root", fgvc_root, "--tasks", "cub_200_2011") == 0
+    assert "5 [0..2]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("corrupt_jpeg", r"images/val200_1\.jpg"),
+    ("label_out_of_range", r"train800\.txt:2: label 100 outside \[0, 100\)"),
+    ("missing_split", r"missing split file .*val200\.txt"),
+    ("bad_line", r"test\.txt:1: expected"),
+])
+def test_check_names_the_bad_file(vtab_root, capsys, problem, expected):
+    folder = vtab_root / "cifar100"
+    if problem == "corrupt_jpeg":
+        data = (folder / "images/val200_1.jpg").read_bytes()
+        (folder / "images/val200_1.jpg").write_bytes(data[:40] + b"\x00garbage" * 20)
+    elif problem == "label_out_of_range":
+        (folder / "train800.txt").write_text("images/train800_0.jpg 0\nimages/train800_1.jpg 100\n")
+    elif problem == "missing_split":
+        (folder / "val200.txt").unlink()
+    else:
+        (folder / "test.txt").write_text("images/test_0.jpg\n")
+    assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert __import__("re").search(expected, err), err
+
+
+def test_check_hash_writes_validates_and_detects_change(vtab_root, capsys):
+    folder = vtab_root / "cifar100"
+    computed = manifest_hash("vtab1k", "cifar", vtab_root)
+    assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar", "--hash") == 0
+    assert "written" in capsys.readouterr().out
+    written = folder / "MANIFEST.sha256"
+    lines = written.read_text().splitlines()
+    paths = [line.split("  ", 1)[1] for line in lines]
+    assert paths == sorted(paths) and len(lines) == 4 + 9  # split files + distinct images
+    assert "train800val200.txt" in paths and "images/test_2.jpg" in paths
+    assert manifest_hash("vtab1k", "cifar", vtab_root) == computed == hashlib.sha256(written.read_bytes()).hexdigest()
+
+    assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar", "--hash") == 0
+    assert "verified" in capsys.readouterr().out
+    _jpeg(folder / "images/test_2.jpg", (255, 0, 0))
+    assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar", "--hash") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "images/test_2.jpg differs" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--suite", "vtab1k", "--data-root", "{tmp}/missing"], "does not exist"),
+    (["--suite", "vtab1k", "--data-root", "{root}", "--tasks", "cifar,nope"], "unknown task 'nope'"),
+    (["--suite", "imagenet", "--data-root", "{root}"], "unknown suite 'imagenet'"),
+])
+def test_check_rejects_bad_arguments_and_writes_nothing(tmp_path, vtab_root, capsys, argv, expected):
+    before = _files(tmp_path)
+    argv = [a.format(tmp=tmp_path, root=vtab_root) for a in argv]
+    assert _run(*argv, "--hash") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+    assert _files(tmp_path) == before
+
+
+def test_check_demo_suite(capsys):
+    assert _run("--suite", "demo", "--tasks", "cells,count") == 0
+    out = capsys.readouterr().out
+    assert "| cells " in out and "800 [0..1]" in out and "500 [0..5]" in out and "digits" not in out
+
+
+# --- decoded-image cache --------------------------------------------------------------------------
+
+@pytest.fixture
+def count_opens(monkeypatch):
+    calls = []
+    real_open = transforms.Image.open
+
+    def counting_open(*args, **kwargs):
+        calls.append(args[0])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(transforms.Image, "open", counting_open)
+    return calls
+
+
+def test_each_image_is_decoded_once(vtab_root, count_opens):
+    ds = open_split("vtab1k", "cifar", "train800val200", data_root=vtab_root)
+    assert len(count_opens) == 6
+    for _ in range(2):  # two epochs
+        assert [label for _, label in ds] == ds.labels.tolist()
+    assert len(count_opens) == 6
+
+
+def test_memory_mapped_cache(fgvc_root, tmp_path, monkeypatch, count_opens):
+    in_memory = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root)
+    monkeypatch.setenv(decoded_cache.MEMORY_BUDGET_ENV, "0.01")  # ~10 KB: forces the memory map
+    cache = tmp_path / "cache"
+    mapped = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
+    assert isinstance(mapped.images, decoded_cache.MappedImages)
+    assert [p.suffix for p in (cache / "decoded").iterdir()] == [".npy"]  # no partial file left
+    assert np.array_equal(np.asarray(mapped.images.array), in_memory.images)
+    opens = len(count_opens)
+    again = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
+    assert len(count_opens) == opens  # a later run maps the finished cache, decoding nothing
+    loader = torch.utils.data.DataLoader(again, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert torch.equal(torch.cat([b[0] for b in batches]), torch.stack([in_memory[i][0] for i in range(7)]))
+
+
+# --- demo suite -----------------------------------------------------------------------------------
+
+def test_demo_tasks_are_deterministic_and_splits_disjoint():
+    suite = load_suite("demo")
+    assert len(suite.tasks) == 6 and [t.group for t in suite.tasks.values()].count("Structured") == 2
+    for task in suite.tasks.values():
+        o = task.options
+        first = demo_tasks.GENERATORS[o["generator"]](np.random.default_rng(o["seed"]), 300, task.num_classes)
+        second = demo_tasks.GENERATORS[o["generator"]](np.random.default_rng(o["seed"]), 300, task.num_classes)
+        assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+        splits = {s: open_split(suite, task.name, s) for s in suite.splits.all}
+        assert [len(splits[s]) for s in ("train800", "val200", "train800val200")] == [800, 200, 1000]
+        assert len(splits["test"]) == (797 if task.name == "digits" else 500)
+        keyed = {s: {bytes(np.asarray(d.images[i])) for i in range(len(d))} for s, d in splits.items()}
+        assert len(keyed["train800"]) == 800 and len(keyed["val200"]) == 200  # no duplicate images
+        assert not keyed["train800"] & keyed["val200"] and not keyed["train800"] & keyed["test"]
+        assert not keyed["val200"] & keyed["test"]
+        union = splits["train800val200"]
+        assert np.array_equal(union.images, np.concatenate([splits["train800"].images, splits["val200"].images]))
+        assert np.array_equal(union.labels, np.concatenate([splits["train800"].labels, splits["val200"].labels]))
+        assert set(union.labels.tolist()) == set(range(task.num_classes))
+
+
+def test_demo_samples_are_normalised_tensors():
+    image, label = open_split("demo", "digits", "train800", train=True)[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and isinstance(label, int)
+    assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
+    assert len(manifest_hash("demo", "digits")) == 64
+
+
+# --- the demo backbone ----------------------------------------------------------------------------
+
+def test_demo_checkpoint_is_small_headless_and_loads():
+    from safetensors.torch import load_file
+
+    from bench.backbones import DEMO_CHECKPOINT, create_demo
+
+    assert DEMO_CHECKPOINT.stat().st_size < 5 * 2**20
+    assert not [k for k in load_file(str(DEMO_CHECKPOINT)) if k.startswith("head")]
+    assert create_demo(num_classes=6)(torch.zeros(2, 3, 32, 32)).shape == (2, 6)
+
+
+def test_pretraining_is_deterministic():
+    from bench import pretrain_demo
+
+    runs = [pretrain_demo.pretrain(epochs=1, images=256, batch_size=128, log=lambda *_: None) for _ in range(2)]
+    for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_pretraining_beats_random_init_on_linear_probes():
+    from bench import pretrain_demo
+    from bench.backbones import create_demo
+
+    torch.manual_seed(pretrain_demo.SEED)
+    random_init, pretrained = create_demo(pretrained=False), create_demo()
+    tasks = ["textures", "location"]  # measured: 68.6 vs 20.6 and 69.2 vs 17.4 (percent)
+    margins = [pretrain_demo.linear_probe_accuracy(pretrained, t) - pretrain_demo.linear_probe_accuracy(random_init, t)
+               for t in tasks]
+    assert min(margins) > 15 and sum(margins) / len(margins) > 25, margins
