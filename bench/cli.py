@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="tune, fit the final seeds, test, track and report")
     p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
     _add_common_run_args(p)
+    p.add_argument("--jobs", default="auto",
+                   help="local worker processes sharing the stores (default auto: one per CPU core on CPU, "
+                        "1 on GPU)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not render the leaderboard at the end")
     p.add_argument("--report-dir", default="reports", help="where the leaderboard goes (default: reports)")
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # bad flag (exit 2, one line) or --help (exit 0)
         return exc.code if isinstance(exc.code, int) else 0
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(_resolve(args.handler)(args) or 0)
     except UserError as exc:

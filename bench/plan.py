@@ -49,8 +49,7 @@ def print_plan(spec) -> None:
     s = spec.suite
     sizes = {}
     for task in spec.tasks:  # training splits only: the test split stays closed
-        sizes[task.name] = [len(open_split(s, task.name, split, data_root=spec.data_root,
-                                           cache_dir=str(spec.out / "cache")))
+        sizes[task.name] = [len(open_split(s, task.name, split, data_root=spec.data_root))
                             for split in (s.splits.tune_train, s.splits.tune_val, s.splits.final_train)]
     base = backbones.create_backbone(s.backbone, spec.pretrained)
     cpu_vit = spec.device == "cpu" and s.backbone != "demo"

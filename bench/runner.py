@@ -398,15 +398,54 @@ class Runner:
 
 
 # --------------------------------------------------------------------------- CLI entry points
+def parse_jobs(text: str, device: str) -> int:
+    if text == "auto":
+        return (os.cpu_count() or 1) if device == "cpu" else 1
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise UserError(f"--jobs must be 'auto' or a positive integer, got {text!r}") from None
+    _positive(jobs, "--jobs")
+    return jobs
+
+
+def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
+    """Start ``jobs`` copies of this command, one CPU thread each, sharing the run's stores; the
+    claims divide the work. Many small processes beat one process with many threads on the small
+    demo model (and two processes that each use every core slow each other down many times)."""
+    import subprocess
+
+    # create the stores once, here, so that the workers never race to initialise them
+    out = _writable_dir(spec.out)
+    tracking.experiment_id(tracking.connect(spec.tracking_uri), spec.suite.name, out / "artifacts")
+    open_storage(spec.storage, out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    return next((c if c > 0 else 1 for c in codes if c), 0)
+
+
 def main_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, parse_methods(args.methods))
+    jobs = parse_jobs(args.jobs, spec.device)
     if args.dry_run:
         from .plan import print_plan
 
         print_plan(spec)
         return 0
     start = time.perf_counter()
-    Runner(spec).run()
+    if jobs > 1:
+        code = run_local_workers(spec, args.argv, jobs)
+        if code:
+            return code
+    else:
+        Runner(spec).run()
     print(f"bench run: {len(spec.methods)} methods x {len(spec.tasks)} tasks x {len(spec.seeds)} seeds "
           f"in {time.perf_counter() - start:.0f}s; MLflow: {spec.tracking_uri}")
     if not args.no_report:

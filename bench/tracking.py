@@ -14,6 +14,7 @@ Only runs with status FINISHED count; a killed or failed run is marked FAILED/KI
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 EXPERIMENT_PREFIX = "peft-bench/"
@@ -84,13 +85,18 @@ def connect(uri: str) -> "mlflow.MlflowClient":
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # mlflow raises many types for a bad URI / dead server
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
-    return client
+    tries = 5 if uri.startswith("sqlite:") else 1  # workers started together race to create the tables
+    for attempt in range(tries):
+        try:
+            client = mlflow.MlflowClient(uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as exc:  # mlflow raises many types for a bad URI / dead server
+            if attempt + 1 < tries:
+                time.sleep(1.0 + attempt)
+                continue
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
 
 
 def experiment_id(client, suite: str, artifact_root: Path | None = None) -> str:
@@ -137,7 +143,7 @@ class TrackedRun:
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
         from mlflow.entities import Metric
 
-        now = int(__import__("time").time() * 1000)
+        now = int(time.time() * 1000)
         self.client.log_batch(self.id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
 
     def set_tag(self, key: str, value) -> None:

@@ -19,7 +19,7 @@ TASKS = "digits,count"
 
 def micro_args(out, *extra):
     return ["run", "--methods", "linear,lora", "--tasks", TASKS, "--epochs", "1", "--trials", "2",
-            "--seeds", "1,2", "--out", str(out), "--report-dir", str(out / "reports"), *extra]
+            "--seeds", "1,2", "--out", str(out), "--report-dir", str(out / "reports"), "--jobs", "1", *extra]
 
 
 def final_runs(out, status="FINISHED"):
@@ -111,7 +111,7 @@ def test_diverging_trial_is_pruned_with_reason_and_the_run_goes_on(tmp_path, mon
 
     monkeypatch.setattr(train.F, "cross_entropy", nan_once)
     args = ["run", "--methods", "lora", "--tasks", "digits", "--epochs", "1", "--trials", "2", "--seeds", "1",
-            "--out", str(tmp_path), "--no-report"]
+            "--out", str(tmp_path), "--no-report", "--jobs", "1"]
     assert main(args) == 0
     trials = study(tmp_path, "lora", "digits").trials
     assert trials[0].state == optuna.trial.TrialState.PRUNED
@@ -137,7 +137,7 @@ def test_test_split_is_never_opened_before_the_final_fit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.data, "open_split", recording_open)
     assert main(["run", "--methods", "lora", "--tasks", "digits", "--epochs", "1", "--trials", "2",
-                 "--seeds", "1", "--out", str(tmp_path), "--no-report"]) == 0
+                 "--seeds", "1", "--out", str(tmp_path), "--no-report", "--jobs", "1"]) == 0
     splits = [s for _, s in opened]
     first_test = splits.index("test")
     assert set(splits[:first_test]) <= {"train800", "val200", "train800val200"}
@@ -207,6 +207,8 @@ def test_linear_probe_trains_on_cached_features(monkeypatch):
     (["run", "--pretrained", "/no/such/weights.npz"], "pretrained weights file not found"),
     (["run", "--tracking-uri", "not a uri"], "malformed --tracking-uri"),
     (["run", "--device", "tpu"], "unknown device"),
+    (["run", "--jobs", "0"], "--jobs must be >= 1"),
+    (["run", "--jobs", "many"], "--jobs must be 'auto' or a positive integer"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
     (["tune", "--method", "lora", "--task", "nope"], "unknown task 'nope'"),
 ])

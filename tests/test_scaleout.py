@@ -20,9 +20,13 @@ EXPECTED = {(m, t, s) for m in ("linear", "lora") for t in ("digits", "count") f
 
 
 def worker(out, *extra) -> subprocess.Popen:
+    # one thread each, as `bench run --jobs N` starts them: two processes that each use both cores
+    # slow each other down many times over
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *ARGS, "--out", str(out), "--no-report",
-                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--jobs", "1", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def finals(out) -> list:
