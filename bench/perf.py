@@ -120,18 +120,26 @@ def _child(conn, *args) -> None:
 
 def measure_all(names: list[str], backbone_name: str, device: str, batch_size: int, steps: int,
                 compile: bool = False) -> list[dict]:
-    """One row per method; on CPU each in a forked child for a per-method peak RSS."""
+    """One row per method; on CPU each in its own child process, for a per-method peak RSS.
+
+    Children come from a fork server (a clean process with torch preloaded): forking a process
+    whose OpenMP threads already ran can deadlock, and spawning re-imports torch every time."""
     rows = []
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "timm", "methods", "bench.perf"])
     for name in names:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
             rows.append(measure_method(name, backbone_name, device, batch_size, steps, compile))
             continue
-        parent, child = mp.get_context("fork").Pipe(duplex=False)
-        proc = mp.get_context("fork").Process(target=_child,
-                                              args=(child, name, backbone_name, device, batch_size, steps, compile))
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(child, name, backbone_name, device, batch_size, steps, compile))
         proc.start()
-        result = parent.recv()
+        child.close()  # so that recv() sees EOF, not a hang, if the child dies
+        try:
+            result = parent.recv()
+        except EOFError:
+            result = RuntimeError(f"the perf process for {name} died (exit code {proc.join() or proc.exitcode})")
         proc.join()
         if isinstance(result, BaseException):
             raise result
