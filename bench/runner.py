@@ -252,15 +252,20 @@ class Runner:
                 trial = study.ask()
                 trial.set_user_attr("owner", owner_id())
                 trial.set_user_attr("slot", slot)
+                start = time.perf_counter()
                 try:
                     value = self._trial(study, trial, method, task, train_ds, val_ds, key)
-                except (optuna.TrialPruned, Diverged):
+                except (optuna.TrialPruned, Diverged) as exc:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    outcome = f"pruned ({exc})"
                 except BaseException:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     raise
                 else:
                     study.tell(trial, value)
+                    outcome = f"val acc {value:.1f}"
+                say(f"tune  {method}/{task.name} trial {trial.number}: {outcome} "
+                    f"({time.perf_counter() - start:.1f}s)")
             except BaseException:
                 self.claims.release(key)
                 raise
@@ -316,13 +321,14 @@ class Runner:
 
     @staticmethod
     def _summary(model, result, acc_metric: str) -> dict:
-        return {acc_metric: result.eval_acc,
-                tracking.PARAMS_BACKBONE: methods.count_trainable(model, exclude_head=True),
-                tracking.PARAMS_TOTAL: methods.count_trainable(model, exclude_head=False),
-                tracking.TRAIN_IMG_PER_S: result.train_img_per_s,
-                tracking.EVAL_IMG_PER_S: result.eval_img_per_s,
-                tracking.PEAK_MEM_MB: result.peak_mem_mb,
-                tracking.WALL_S: result.wall_s}
+        summary = {acc_metric: result.eval_acc,
+                   tracking.PARAMS_BACKBONE: methods.count_trainable(model, exclude_head=True),
+                   tracking.PARAMS_TOTAL: methods.count_trainable(model, exclude_head=False),
+                   tracking.TRAIN_IMG_PER_S: result.train_img_per_s,
+                   tracking.EVAL_IMG_PER_S: result.eval_img_per_s,
+                   tracking.PEAK_MEM_MB: result.peak_mem_mb,
+                   tracking.WALL_S: result.wall_s}
+        return {k: v for k, v in summary.items() if v is not None}
 
     # -- final fits ------------------------------------------------------------------------------
     def run_key(self, method: str, task: Task, seed: int) -> str:
@@ -366,35 +372,34 @@ class Runner:
         finally:
             self.guard.phase = "tune"
         self.claims.done(key)
+        say(f"final {method}/{task.name} seed {seed}: test acc {result.eval_acc:.1f} "
+            f"({result.wall_s:.1f}s, params from {source})")
         return result.eval_acc
 
     # -- the whole plan -----------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def run(self) -> None:
         """Two passes so that concurrent workers spread out: first every study's free trial
         slots, then, per (method, task) once its study is complete, the unclaimed final fits."""
         s = self.spec
         pairs = [(m, t) for t in s.tasks for m in s.methods]
         for method, task in pairs:
             self.tune(method, task)
-        rows = []
-        for i, (method, task) in enumerate(pairs, 1):
-            prefix = f"[{i}/{len(pairs)}] {method} on {task.name}"
-            start = time.perf_counter()
+        for method, task in pairs:
             params, source = self.best(method, task)
             params = {**COMMON_DEFAULTS, **methods.get(method).defaults, **params}
-            accs = []
             for seed in s.seeds:
                 try:
-                    acc = self.final(method, task, seed, params, source)
+                    self.final(method, task, seed, params, source)
                 except Diverged as exc:
-                    print(f"{prefix}: seed {seed} diverged ({exc}); recorded as FAILED", file=sys.stderr)
-                    continue
-                if acc is not None:
-                    accs.append(acc)
-            done = ", ".join(f"{a:.1f}" for a in accs) or "already done"
-            print(f"{prefix}: best {source}; test acc {done} ({time.perf_counter() - start:.1f}s)", flush=True)
-            rows.append({"method": method, "task": task.name, "test_acc": accs})
-        return rows
+                    say(f"final {method}/{task.name} seed {seed}: diverged ({exc}); recorded as FAILED")
+
+
+def say(line: str) -> None:
+    """One progress line per trial and final fit (tqdm's bars show the steps in between)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- CLI entry points
@@ -419,7 +424,7 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
     out = _writable_dir(spec.out)
     tracking.experiment_id(tracking.connect(spec.tracking_uri), spec.suite.name, out / "artifacts")
     open_storage(spec.storage, out)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "BENCH_WORKER": "1"}
     cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
     try:
@@ -440,14 +445,21 @@ def main_run(args: argparse.Namespace) -> int:
         print_plan(spec)
         return 0
     start = time.perf_counter()
+    if os.environ.get("BENCH_WORKER"):  # one of the workers below: just work
+        Runner(spec).run()
+        return 0
+    studies = len(spec.methods) * len(spec.tasks)
+    print(f"bench run: suite {spec.suite.name}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = {studies} "
+          f"studies of {spec.trials} trials, then {studies * len(spec.seeds)} final fits (seeds "
+          f"{', '.join(map(str, spec.seeds))}); {spec.epochs} epochs; device {spec.device}; "
+          f"{jobs} worker{'s' if jobs > 1 else ''}", flush=True)
     if jobs > 1:
         code = run_local_workers(spec, args.argv, jobs)
         if code:
             return code
     else:
         Runner(spec).run()
-    print(f"bench run: {len(spec.methods)} methods x {len(spec.tasks)} tasks x {len(spec.seeds)} seeds "
-          f"in {time.perf_counter() - start:.0f}s; MLflow: {spec.tracking_uri}")
+    print(f"bench run: done in {time.perf_counter() - start:.0f}s; MLflow: {spec.tracking_uri}", flush=True)
     if not args.no_report:
         from . import report
 

@@ -55,7 +55,7 @@ class FitResult:
     eval_acc: float | None = None                       # percent, on the eval split, last epoch
     train_img_per_s: float = 0.0
     eval_img_per_s: float = 0.0
-    peak_mem_mb: float = 0.0
+    peak_mem_mb: float | None = None
     wall_s: float = 0.0
 
 
@@ -271,6 +271,8 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     if cfg.checkpoint:
         Path(cfg.checkpoint).unlink(missing_ok=True)
     result.train_img_per_s = images / max(train_seconds, 1e-9)
-    result.peak_mem_mb = peak_memory_mb(device)
+    # on GPU the run's own peak (reset above); on CPU a process's peak RSS spans every run it made,
+    # so it says nothing about this one (`bench perf` measures each method in its own process)
+    result.peak_mem_mb = peak_memory_mb(device) if device.startswith("cuda") else None
     result.wall_s = time.perf_counter() - wall_start
     return result

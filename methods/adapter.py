@@ -67,11 +67,9 @@ class Adapter(Method):
         check_float(self.name, hp, "scale", -math.inf)
 
     def search_space(self, trial) -> dict:
-        hp = {"mode": trial.suggest_categorical("mode", list(MODES)),
-              "bottleneck": trial.suggest_categorical("bottleneck", [4, 8, 16, 32, 64])}
-        if hp["mode"] == "parallel":
-            hp["scale"] = trial.suggest_categorical("scale", [0.01, 0.1, 1.0])
-        return hp
+        # the mode is a variant (AdaptFormer vs Houlsby, reported separately), not searched
+        return {"bottleneck": trial.suggest_categorical("bottleneck", [4, 8, 16, 32, 64]),
+                "scale": trial.suggest_categorical("scale", [0.01, 0.1, 1.0])}
 
     def _adapt(self, model: nn.Module, mode: str, bottleneck: int, scale: float) -> None:
         width = model.embed_dim

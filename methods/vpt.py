@@ -63,8 +63,9 @@ class VPT(Method):
         check_float(self.name, hp, "prompt_dropout", 0, 1, hi_open=True)
 
     def search_space(self, trial) -> dict:
-        return {"mode": trial.suggest_categorical("mode", list(MODES)),
-                "num_prompts": trial.suggest_categorical("num_prompts", [1, 5, 10, 20, 50]),
+        # the mode is a variant, not a knob: deep and shallow are compared as separate methods
+        # (the literature reports them separately), so it stays at its default here
+        return {"num_prompts": trial.suggest_categorical("num_prompts", [1, 5, 10, 20, 50]),
                 "prompt_dropout": trial.suggest_categorical("prompt_dropout", [0.0, 0.1])}
 
     def _adapt(self, model: nn.Module, mode: str, num_prompts: int, prompt_dropout: float) -> None:
