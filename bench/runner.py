@@ -158,18 +158,34 @@ class SplitGuard:
 
 
 # --------------------------------------------------------------------------- the runner
+def open_stores(spec: RunSpec):
+    """(out dir, MLflow client, experiment id, Optuna storage). If a store cannot be opened, an
+    output folder that this call created is removed again: a failed start leaves nothing behind."""
+    import shutil
+
+    created = not spec.out.exists()
+    out = _writable_dir(spec.out)
+    try:
+        storage = open_storage(spec.storage, out)
+        client = tracking.connect(spec.tracking_uri)
+        exp_id = tracking.experiment_id(client, spec.suite.name, out / "artifacts")
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out, client, exp_id, storage
+
+
+
 class Runner:
     """Holds what one `bench run` shares: backbone, stores, provenance."""
 
     def __init__(self, spec: RunSpec):
         self.spec = spec
-        self.out = _writable_dir(spec.out)
-        self.client = tracking.connect(spec.tracking_uri)
-        self.exp_id = tracking.experiment_id(self.client, spec.suite.name, self.out / "artifacts")
-        self.storage = open_storage(spec.storage, self.out)
+        self.backbone = backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+        self.out, self.client, self.exp_id, self.storage = open_stores(spec)
         self.claims = Claims(self.storage)
         self.guard = SplitGuard(spec)
-        self.backbone = backbones.create_backbone(spec.suite.backbone, spec.pretrained)
         weights = spec.pretrained or (backbones.DEMO_CHECKPOINT if spec.suite.backbone == "demo" else None)
         self.provenance = {
             "backbone": spec.suite.backbone,
@@ -420,10 +436,10 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
     demo model (and two processes that each use every core slow each other down many times)."""
     import subprocess
 
-    # create the stores once, here, so that the workers never race to initialise them
-    out = _writable_dir(spec.out)
-    tracking.experiment_id(tracking.connect(spec.tracking_uri), spec.suite.name, out / "artifacts")
-    open_storage(spec.storage, out)
+    # check the weights and create the stores once, here, so that the workers never race to
+    # initialise them and a user error shows once
+    backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+    open_stores(spec)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "BENCH_WORKER": "1"}
     cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]

@@ -81,6 +81,10 @@ def connect(uri: str) -> "mlflow.MlflowClient":
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about creating tables
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # a dead tracking server should fail in seconds, not after minutes of MLflow's default retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")

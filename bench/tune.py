@@ -71,10 +71,13 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     """A journal file under ``out`` by default; an RDB URL (sqlite/postgresql/mysql) when given."""
     if url is None or "://" not in url:
         path = Path(url) if url else out / "optuna.journal"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
-        return optuna.storages.JournalStorage(backend)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+            return optuna.storages.JournalStorage(backend)
+        except OSError as exc:
+            raise UserError(f"cannot open Optuna journal {path}: {exc.strerror or exc}") from None
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / dead servers

@@ -259,3 +259,56 @@ def test_checkpointed_fit_resumes_mid_run_with_the_same_numbers(tmp_path):
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert resumed.eval_acc == straight.eval_acc
     assert not ckpt.exists()  # removed once the fit is complete
+
+
+def _garbage_weights(tmp_path):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(b"this is not a weights file")
+    return path
+
+
+def _wrong_shape_weights(tmp_path):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    other = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    return path
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("")
+    return path
+
+
+@pytest.mark.parametrize("make_argv, needle", [
+    (lambda t: ["--out", str(_a_file(t) / "sub")], "is not writable"),
+    (lambda t: ["--out", str(t / "out"), "--storage", "bogus://nowhere"], "cannot open Optuna storage"),
+    (lambda t: ["--out", str(t / "out"), "--tracking-uri", "http://127.0.0.1:9"], "cannot reach MLflow tracking store"),
+    (lambda t: ["--out", str(t / "out"), "--pretrained", str(_garbage_weights(t))], "cannot load"),
+    (lambda t: ["--out", str(t / "out"), "--pretrained", str(_wrong_shape_weights(t))], "cannot load"),
+], ids=["out-not-writable", "storage-malformed", "tracking-unreachable", "weights-unreadable", "weights-wrong-shape"])
+def test_bad_stores_and_weights_one_line_exit_2_nothing_left(tmp_path, capsys, make_argv, needle):
+    argv = ["run", "--methods", "lora", "--tasks", "digits", "--jobs", "1", *make_argv(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_image_in_a_real_suite_is_one_line_naming_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    task = tmp_path / "data" / "cifar"
+    task.mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(task / f"{i}.jpg")
+    (task / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    for split in ("train800", "val200", "train800val200", "test"):
+        (task / f"{split}.txt").write_text("0.jpg 0\n1.jpg 1\nbad.jpg 2\n")
+    code = main(["run", "--suite", "vtab1k", "--data-root", str(tmp_path / "data"), "--tasks", "cifar",
+                 "--methods", "linear", "--jobs", "1", "--out", str(tmp_path / "out"), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jpg" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
