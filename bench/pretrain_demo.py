@@ -92,7 +92,6 @@ def pretrain(epochs: int = 12, images: int = 32_000, batch_size: int = 128, lr: 
              log=print) -> nn.Module:
     """The demo backbone trained on ``images`` upstream scenes for ``epochs`` epochs (AdamW, cosine)."""
     torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
     x, y = upstream_images(np.random.default_rng(SEED), images)
     x = torch.from_numpy(x)
     y = {k: torch.from_numpy(v).long() for k, v in y.items()}
@@ -192,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-only", action="store_true", help="skip pretraining; probe the checkpoint at --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
     if args.probe_only:
         backbone = create_demo(pretrained=args.out)
     else:

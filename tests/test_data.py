@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench import cli
 from bench.catalog import load_suite
-from bench.data import decoded_cache, demo_tasks, manifest_hash, open_split, transforms
+from bench.data import decoded_cache, demo_tasks, manifest_hash, open_split, split_size, transforms
 from bench.errors import UserError
 
 VTAB_SPLITS = {"train800": 4, "val200": 2, "test": 3}
@@ -197,11 +197,13 @@ def count_opens(monkeypatch):
 
 
 def test_each_image_is_decoded_once(vtab_root, count_opens):
+    assert split_size("vtab1k", "cifar", "train800val200", vtab_root) == 6 and not count_opens
     ds = open_split("vtab1k", "cifar", "train800val200", data_root=vtab_root)
     assert len(count_opens) == 6
     for _ in range(2):  # two epochs
         assert [label for _, label in ds] == ds.labels.tolist()
-    assert len(count_opens) == 6
+    again = open_split("vtab1k", "cifar", "train800val200", data_root=vtab_root, train=True)  # next trial
+    assert len(again) == 6 and len(count_opens) == 6
 
 
 def test_memory_mapped_cache(fgvc_root, tmp_path, monkeypatch, count_opens):
@@ -248,7 +250,7 @@ def test_demo_samples_are_normalised_tensors():
     image, label = open_split("demo", "digits", "train800", train=True)[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and isinstance(label, int)
     assert float(image.min()) >= -1.0 and float(image.max()) <= 1.0
-    assert len(manifest_hash("demo", "digits")) == 64
+    assert len(manifest_hash("demo", "digits")) == 64 and split_size("demo", "digits", "test") == 797
 
 
 # --- the demo backbone ----------------------------------------------------------------------------

@@ -24,37 +24,52 @@ from .parallel import map_with_progress
 
 def main(args) -> int:
     suite = load_suite(args.suite)
-    tasks = suite.select(args.tasks)
-    if not suite.needs_data_root:
-        rows = [_generated_row(suite, task.name, args.hash) for task in tasks]
-        headers = ["task", "group", "classes", *suite.splits.all, *(["sha256"] if args.hash else [])]
-        print(tabulate(rows, headers=headers, tablefmt="github"))
-        return 0
-    root = layouts.data_root(suite, args.data_root)
-    rows, pending = [], []
-    for task in tasks:
-        files = layouts.read_task(suite, root, task)
-        digests = _verify_images(files, want_digests=args.hash, desc=task.name)
-        status = ""
-        if args.hash:
-            digests.update({f: manifest.sha256_file(f) for f in files.split_files})
-            text = manifest.render(files.folder, digests)
-            written = files.folder / manifest.MANIFEST_NAME
-            if written.is_file():
-                problem = manifest.first_mismatch(written, text)
-                if problem:
-                    raise UserError(problem)
-                status = "verified"
-            else:
-                pending.append((written, text))
-                status = "written"
-        rows.append([task.name, files.folder.name, task.num_classes,
-                     *(_split_cell([e.label for e in files.splits[s]]) for s in suite.splits.all), *([status] if args.hash else [])])
-    for path, text in pending:
-        _write_atomically(path, text)
-    headers = ["task", "folder", "classes", *suite.splits.all, *(["manifest"] if args.hash else [])]
+    tasks = [task.name for task in suite.select(args.tasks)]
+    if suite.needs_data_root:
+        headers, rows = _check_files(suite, layouts.data_root(suite, args.data_root), tasks, args.hash)
+    else:
+        headers, rows = _check_generated(suite, tasks, args.hash)
     print(tabulate(rows, headers=headers, tablefmt="github"))
     return 0
+
+
+def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) -> tuple[list, list]:
+    """Rows for tasks read from ``root``; with ``with_hash``, manifests written or verified."""
+    rows, to_write = [], []
+    for name in tasks:
+        task = suite.task(name)
+        files = layouts.read_task(suite, root, task)
+        digests = _verify_images(files, want_digests=with_hash, desc=name)
+        row = [name, files.folder.name, task.num_classes,
+               *(_split_cell([e.label for e in files.splits[s]]) for s in suite.splits.all)]
+        if with_hash:
+            digests.update({f: manifest.sha256_file(f) for f in files.split_files})
+            text = manifest.render(files.folder, digests)
+            path = files.folder / manifest.MANIFEST_NAME
+            if path.is_file():
+                problem = manifest.first_mismatch(path, text)
+                if problem:
+                    raise UserError(problem)
+                row.append("verified")
+            else:
+                to_write.append((path, text))
+                row.append("written")
+        rows.append(row)
+    for path, text in to_write:  # only once every task passed
+        _write_atomically(path, text)
+    headers = ["task", "folder", "classes", *suite.splits.all, *(["manifest"] if with_hash else [])]
+    return headers, rows
+
+
+def _check_generated(suite: Suite, tasks: list[str], with_hash: bool) -> tuple[list, list]:
+    """Rows for generated tasks (nothing on disk to validate); with ``with_hash``, their data hash."""
+    rows = []
+    for name in tasks:
+        task = suite.task(name)
+        cells = [_split_cell(open_split(suite, name, s).labels.tolist()) for s in suite.splits.all]
+        rows.append([name, task.group, task.num_classes, *cells, *([manifest_hash(suite, name)[:16]] if with_hash else [])])
+    headers = ["task", "group", "classes", *suite.splits.all, *(["sha256 (first 16)"] if with_hash else [])]
+    return headers, rows
 
 
 def _split_cell(labels: list[int]) -> str:
@@ -62,12 +77,6 @@ def _split_cell(labels: list[int]) -> str:
     if not labels:
         return "0"
     return f"{len(labels)} [{min(labels)}..{max(labels)}]"
-
-
-def _generated_row(suite: Suite, task: str, with_hash: bool) -> list:
-    spec = suite.task(task)
-    cells = [_split_cell(open_split(suite, task, s).labels.tolist()) for s in suite.splits.all]
-    return [task, spec.group, spec.num_classes, *cells, *([manifest_hash(suite, task)[:16]] if with_hash else [])]
 
 
 def _verify_images(files: layouts.TaskFiles, want_digests: bool, desc: str) -> dict[Path, str]:

@@ -1,6 +1,7 @@
 """Decode every image of a split once, to uint8 at its pre-augmentation size, so later epochs decode nothing.
 
-A split that fits the memory budget (``BENCH_DATA_MEMORY_MB``, default 2048) is held in memory.
+A split that fits the memory budget (``BENCH_DATA_MEMORY_MB``, default 2048) is held in memory,
+and kept for the process's later opens of the same files (least recently used dropped beyond the budget).
 A larger one goes to a memory-mapped ``.npy`` under the cache folder, named by a hash of the
 decoder and the file list (paths, sizes, modification times): it is written under a temporary
 name and renamed when complete, so an interrupted run never leaves a half-written cache, and a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +23,7 @@ from .parallel import map_with_progress
 MEMORY_BUDGET_ENV = "BENCH_DATA_MEMORY_MB"
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
 DEFAULT_MEMORY_MB = 2048
+_in_memory: OrderedDict[str, np.ndarray] = OrderedDict()  # this process's decoded splits, most recent last
 
 
 def default_cache_dir() -> Path:
@@ -64,12 +67,20 @@ def decode_all(paths: Sequence[Path], where: Sequence[str], decode: Callable, si
     ``where`` says where each path is listed (``file:line``), for the error a bad image raises.
     """
     shape = (len(paths), 3, size, size)
-    if int(np.prod(shape)) <= memory_budget_bytes():
-        images = np.empty(shape, np.uint8)
-        _fill(images, paths, where, decode, desc)
-        return images
+    key = _cache_key(paths, decode)
+    budget = memory_budget_bytes()
+    if int(np.prod(shape)) <= budget:
+        if key not in _in_memory:
+            images = np.empty(shape, np.uint8)
+            _fill(images, paths, where, decode, desc)
+            images.setflags(write=False)
+            _in_memory[key] = images
+        _in_memory.move_to_end(key)
+        while sum(a.nbytes for a in _in_memory.values()) > budget:
+            _in_memory.popitem(last=False)
+        return _in_memory[key]
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = folder / "decoded" / f"{_cache_key(paths, decode)}.npy"
+    final = folder / "decoded" / f"{key}.npy"
     if final.is_file():
         mapped = MappedImages(final)
         if mapped.array.shape == shape and mapped.array.dtype == np.uint8:

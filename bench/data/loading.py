@@ -1,4 +1,5 @@
-"""What the runner calls: ``open_split`` (a task's split as a Dataset) and ``manifest_hash`` (which data it was)."""
+"""What the runner calls: ``open_split`` (a task's split as a Dataset), ``split_size`` (its length, cheaply)
+and ``manifest_hash`` (which data it was)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ def open_split(suite: Suite | str, task: str, split: str, data_root: str | None 
     """Split ``split`` of ``task`` as ``(float32 CHW image normalised by 0.5/0.5, int label)`` pairs.
 
     ``train=True`` applies the suite's training augmentation (FGVC: random crop and flip).
-    Images are decoded once, here; ``cache_dir`` holds the memory-mapped decodes of splits too
-    large for memory (default ``decoded_cache.default_cache_dir()``).
+    Images are decoded here, once per process and set of files (see ``decoded_cache``); ``cache_dir``
+    holds the memory-mapped decodes of splits too large for memory (default
+    ``decoded_cache.default_cache_dir()``). For a split's length alone, ``split_size`` is cheaper.
     """
     suite = load_suite(suite) if isinstance(suite, str) else suite
     spec = suite.task(task)
@@ -34,14 +36,21 @@ def open_split(suite: Suite | str, task: str, split: str, data_root: str | None 
                             f"untransformed; the recipe asks for {plan.kind} to {plan.image_size}px")
         index = data.splits[split]
         return LabelledImages(data.images[index], data.labels[index], transform, spec.num_classes)
-    root = layouts.data_root(suite, data_root)
-    layout = layouts.layout_for(suite)
-    folder = layouts.task_folder(root, spec)
-    examples = layouts.read_split(layout, folder, spec, split)
+    examples = _examples(suite, spec, split, data_root)
     images = decode_all([e.path for e in examples], [e.where for e in examples],
                         Decoder(plan.cache_size, plan.interpolation), plan.cache_size, cache_dir,
                         desc=f"decoding {spec.name}/{split}")
     return LabelledImages(images, [e.label for e in examples], transform, spec.num_classes)
+
+
+def split_size(suite: Suite | str, task: str, split: str, data_root: str | None = None) -> int:
+    """How many examples ``open_split`` would serve, from the split files alone: nothing is decoded."""
+    suite = load_suite(suite) if isinstance(suite, str) else suite
+    spec = suite.task(task)
+    _check_split_name(suite, split)
+    if _is_generated(spec):
+        return len(_generated(spec).splits[split])
+    return len(_examples(suite, spec, split, data_root))
 
 
 def manifest_hash(suite: Suite | str, task: str, data_root: str | None = None) -> str:
@@ -63,6 +72,11 @@ def manifest_hash(suite: Suite | str, task: str, data_root: str | None = None) -
     files = layouts.read_task(suite, root, spec)
     paths = [*files.split_files, *files.images()]
     return manifest.text_sha256(manifest.render(folder, {p: _digest(p) for p in paths}))
+
+
+def _examples(suite: Suite, task: Task, split: str, data_root: str | None) -> list[layouts.Example]:
+    root = layouts.data_root(suite, data_root)
+    return layouts.read_split(layouts.layout_for(suite), layouts.task_folder(root, task), task, split)
 
 
 def _digest(path: Path) -> str:
