@@ -357,7 +357,12 @@ class Runner:
         key = self.run_key(method, task, seed)
         if not self.spec.force and tracking.find_runs(self.client, self.exp_id, {"run_key": key}):
             return None
-        if not self.claims.acquire(key, force=self.spec.force):
+        # MLflow is the record of what is done; a claim only stops two workers doing it at once.
+        # A claim marked done whose run this tracking store lacks (another store, a deleted run) is
+        # redone: the owner sets the run FINISHED before the claim done, so no race hides here.
+        done_elsewhere = self.claims.is_done(key) and not tracking.find_runs(self.client, self.exp_id,
+                                                                            {"run_key": key})
+        if not self.claims.acquire(key, force=self.spec.force or done_elsewhere):
             return None
         self._reap({"run_key": key})
         self.guard.phase = "final"

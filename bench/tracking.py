@@ -13,6 +13,9 @@ Only runs with status FINISHED count; a killed or failed run is marked FAILED/KI
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import time
 from pathlib import Path
@@ -79,28 +82,28 @@ def connect(uri: str) -> "mlflow.MlflowClient":
 
     from .errors import UserError
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    import logging
-
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about creating tables
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # a dead tracking server should fail in seconds, not after minutes of MLflow's default retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     mlflow.set_tracking_uri(uri)
-    tries = 5 if uri.startswith("sqlite:") else 1  # workers started together race to create the tables
-    for attempt in range(tries):
-        try:
+    # workers started together on one SQLite file must not race to create its tables
+    lock = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "w")
+    try:
+        with lock:
+            if uri.startswith("sqlite:///"):
+                fcntl.flock(lock, fcntl.LOCK_EX)
             client = mlflow.MlflowClient(uri)
             client.search_experiments(max_results=1)
             return client
-        except Exception as exc:  # mlflow raises many types for a bad URI / dead server
-            if attempt + 1 < tries:
-                time.sleep(1.0 + attempt)
-                continue
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
+    except Exception as exc:  # mlflow raises many types for a bad URI / dead server
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
 
 
 def experiment_id(client, suite: str, artifact_root: Path | None = None) -> str:

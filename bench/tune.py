@@ -78,11 +78,19 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(backend)
         except OSError as exc:
             raise UserError(f"cannot open Optuna journal {path}: {exc.strerror or exc}") from None
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # sqlalchemy raises many types for bad URLs / dead servers
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot open Optuna storage {url!r}: {first[:200]}") from None
+    for attempt in range(4):  # workers started together race to create the tables; the losers retry
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ImportError as exc:
+            raise UserError(f"cannot open Optuna storage {url!r}: {exc} (for PostgreSQL: "
+                            "pip install 'psycopg[binary]')") from None
+        except Exception as exc:  # sqlalchemy raises many types for bad URLs / dead servers
+            racing = any(word in str(exc).lower() for word in ("already exists", "duplicate", "unique"))
+            if racing and attempt < 3:
+                time.sleep(1 + attempt)
+                continue
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot open Optuna storage {url!r}: {first[:200]}") from None
 
 
 def study_name(suite: str, method: str, task: str) -> str:

@@ -106,3 +106,14 @@ def test_sigkill_then_restart_loses_nothing_and_counts_nothing_twice(tmp_path):
     statuses = Counter(r.info.status for r in finals(tmp_path))
     assert statuses["RUNNING"] == 0  # the run killed mid-fit was marked failed on restart
     assert statuses["FINISHED"] == len(EXPECTED)
+
+
+@pytest.mark.skipif(not os.environ.get("BENCH_TEST_POSTGRES_URL"),
+                    reason="set BENCH_TEST_POSTGRES_URL=postgresql://user:pass@host/db to run against PostgreSQL")
+def test_two_workers_share_a_postgresql_study(tmp_path):
+    url = os.environ["BENCH_TEST_POSTGRES_URL"]
+    out = tmp_path / "pg"
+    procs = [worker(out, "--epochs", "1", "--storage", url) for _ in range(2)]
+    for p in procs:
+        wait(p)
+    assert set(finished_by_key(out)) == EXPECTED
