@@ -85,7 +85,6 @@ def textures(rng: np.random.Generator, n: int, num_classes: int):
     lattice, concentric rings, blotchy noise; random frequency, phase, colours, contrast, jitter."""
     assert num_classes == 8
     labels = _balanced_labels(rng, n, num_classes)
-    yy, xx = shapes.pixel_grid()
     cy, cx = rng.uniform(0, SIZE, n), rng.uniform(0, SIZE, n)
     base = np.array([0, 90, 45, 135, 0, 0, 0, 0], np.float32)[labels]
     theta = np.deg2rad(base + rng.uniform(-15, 15, n)).astype(np.float32)
