@@ -44,12 +44,12 @@ def estimate_seconds(spec, method: str, n_tune: int, n_val: int, n_final: int, t
 def print_plan(spec) -> None:
     from tabulate import tabulate
 
-    from .data import open_split
+    from .data import split_size
 
     s = spec.suite
     sizes = {}
-    for task in spec.tasks:  # training splits only: the test split stays closed
-        sizes[task.name] = [len(open_split(s, task.name, split, data_root=spec.data_root))
+    for task in spec.tasks:  # from the split files (nothing decoded); the test split stays closed
+        sizes[task.name] = [split_size(s, task.name, split, data_root=spec.data_root)
                             for split in (s.splits.tune_train, s.splits.tune_val, s.splits.final_train)]
     base = backbones.create_backbone(s.backbone, spec.pretrained)
     cpu_vit = spec.device == "cpu" and s.backbone != "demo"
