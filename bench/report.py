@@ -70,8 +70,8 @@ def _store(uri: str):
     and turn whatever a bad or unreachable store raises into one UserError line."""
     import mlflow
 
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    before, env_before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # this also sets $MLFLOW_TRACKING_URI: both are restored below
     try:
         yield mlflow
     except UserError:
@@ -81,6 +81,10 @@ def _store(uri: str):
         raise UserError(f"cannot read MLflow store {uri}: {first[:200]}") from None
     finally:
         mlflow.set_tracking_uri(before)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 def final_runs(uri: str, suite: str) -> pd.DataFrame:

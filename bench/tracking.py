@@ -87,7 +87,7 @@ def connect(uri: str) -> "mlflow.MlflowClient":
     # a dead tracking server should fail in seconds, not after minutes of MLflow's default retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    mlflow.set_tracking_uri(uri)
+    # (no mlflow.set_tracking_uri: it also sets $MLFLOW_TRACKING_URI for the rest of the process)
     # workers started together on one SQLite file must not race to create its tables
     lock = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):

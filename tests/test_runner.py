@@ -34,11 +34,6 @@ def study(out, method, task):
     return optuna.load_study(study_name=f"demo.{method}.{task}", storage=storage)
 
 
-@pytest.fixture(autouse=True)
-def _no_env_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """One micro run shared by the tests that only read its results."""
