@@ -12,7 +12,7 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
@@ -47,7 +47,7 @@ def create_backbone(name: str, pretrained: str | Path | None = None, num_classes
         return timm.create_model(name, pretrained=True, num_classes=num_classes,
                                  pretrained_cfg_overlay=dict(file=str(path), num_classes=21843))
     except Exception as exc:  # timm raises RuntimeError/KeyError/ValueError for foreign files
-        raise UserError(f"cannot load {path} into {name}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load {path} into {name}: {first_line(exc)}") from None
 
 
 def _require_file(path: Path) -> None:
@@ -68,7 +68,7 @@ def _load_into(model: nn.Module, path: Path) -> None:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
     except Exception as exc:
-        raise UserError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load {path}: {first_line(exc)}") from None
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
         raise UserError(f"{path} does not fit the backbone: missing {missing[:3]}, unexpected {unexpected[:3]}")

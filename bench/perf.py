@@ -20,7 +20,7 @@ import methods
 
 from . import backbones, tracking
 from .errors import UserError
-from .train import _autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
+from .train import autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
 
 # dense bf16 peak FLOP/s by device name, for the utilisation column
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -39,6 +39,16 @@ def seconds_per_call(fn, steps: int, device: str, warmup: int = 2) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
+
+
+def _current_memory_mb(device: str) -> float:
+    """Memory in use now: CUDA allocated on GPU, the resident set (from /proc) on CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated() / 2**20
+    import resource
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _peak_flops(device: str) -> float | None:
@@ -75,12 +85,14 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
 
     opt = make_optimizer(model, 1e-4, 0.0, device)
     model.train()
+    before = _current_memory_mb(device)
     row["train_img_s"] = batch_size / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device)
     if compile:
         compiled = torch.compile(model)
         row["train_img_s_compiled"] = batch_size / seconds_per_call(lambda: train_step(compiled, opt, x, y, device),
                                                           steps, device)
-    row["peak_mem_mb"] = peak_memory_mb(device)
+    # what training adds on top of the loaded model and batch: activations, gradients, optimizer state
+    row["peak_mem_mb"] = peak_memory_mb(device) - before
     if name == "linear":  # how the linear probe really trains: on features computed once
         with torch.no_grad():
             feats = model.forward_head(model.forward_features(x), pre_logits=True).float()
@@ -94,7 +106,7 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
     model.eval()
     with torch.no_grad():
         def infer(m):
-            with _autocast(device):
+            with autocast(device):
                 m(x)
         row["eval_img_s"] = batch_size / seconds_per_call(lambda: infer(model), steps, device)
         plain = base.to(device).eval()
@@ -176,8 +188,12 @@ def render(rows: list[dict], header: str) -> str:
         ])
     cols = ["method", "trainable (no head)", "trainable (head)", "train img/s", "train speed vs full",
             "train img/s on cached features", "train img/s compiled", "eval img/s", "eval img/s merged",
-            "merged vs plain", "peak MB", "memory vs full", "MFU %"]
-    return f"{header}\n\n{tabulate(table, headers=cols, tablefmt='github', disable_numparse=True)}\n"
+            "merged vs plain", "train memory MB", "memory vs full", "MFU %"]
+    note = ("Train memory: peak during the timed training steps minus the memory in use before them "
+            "(activations, gradients, optimizer state); CUDA allocator on GPU, resident set on CPU, each "
+            "method in a fresh process. Speeds are images per second of one optimizer step on a fixed "
+            "random batch; 'merged vs plain' is the merged model's eval speed over the plain backbone's.")
+    return f"{header}\n\n{tabulate(table, headers=cols, tablefmt='github', disable_numparse=True)}\n\n{note}\n"
 
 
 def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
@@ -198,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or (64 if demo else 32)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    steps = args.steps or (10 if demo or device != "cpu" else 2)
+    steps = args.steps or (20 if demo or device != "cpu" else 2)
     rows = measure_all(names, args.backbone, device, batch_size, steps, args.compile)
     header = f"# Performance ({args.backbone}, {device})\n\n{machine_line(device, args.backbone, batch_size)}"
     text = render(rows, header)

@@ -8,7 +8,7 @@ import methods
 
 from . import backbones
 from .perf import seconds_per_call
-from .train import _autocast, head_only, make_optimizer, train_step
+from .train import autocast, head_only, make_optimizer, train_step
 
 
 def _rates(method: str, base, device: str, batch: int, steps: int) -> tuple[float, float]:
@@ -20,7 +20,7 @@ def _rates(method: str, base, device: str, batch: int, steps: int) -> tuple[floa
     opt = make_optimizer(model, 1e-4, 0.0, device)
 
     def forward():
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             model(x)
 
     train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device, warmup=1)

@@ -31,7 +31,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import catalog, tracking
-from .errors import UserError
+from .errors import UserError, first_line
 
 REFERENCE_DIR = catalog.CATALOG_DIR / "reference"
 STALE = "†"
@@ -77,8 +77,7 @@ def _store(uri: str):
     except UserError:
         raise
     except Exception as exc:  # mlflow, sqlalchemy and requests each raise their own types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot read MLflow store {uri}: {first[:200]}") from None
+        raise UserError(f"cannot read MLflow store {uri}: {first_line(exc)}") from None
     finally:
         mlflow.set_tracking_uri(before)
         if env_before is None:

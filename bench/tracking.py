@@ -80,7 +80,7 @@ def connect(uri: str) -> "mlflow.MlflowClient":
     """Point MLflow at ``uri``; a malformed or unreachable store is a UserError (one line)."""
     import mlflow
 
-    from .errors import UserError
+    from .errors import UserError, first_line
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about creating tables
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -102,8 +102,7 @@ def connect(uri: str) -> "mlflow.MlflowClient":
             client.search_experiments(max_results=1)
             return client
     except Exception as exc:  # mlflow raises many types for a bad URI / dead server
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first[:200]}") from None
+        raise UserError(f"cannot reach MLflow tracking store {uri!r}: {first_line(exc)}") from None
 
 
 def experiment_id(client, suite: str, artifact_root: Path | None = None) -> str:

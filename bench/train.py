@@ -102,7 +102,8 @@ def head_only(model: nn.Module) -> bool:
     return methods.count_trainable(model, exclude_head=True) == 0
 
 
-def _autocast(device: str):
+def autocast(device: str):
+    """bf16 autocast on GPU; a no-op context on CPU."""
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -121,7 +122,7 @@ def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str
     model.eval()
     feats, labels = [], []
     for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
-        with _autocast(device):
+        with autocast(device):
             f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)), pre_logits=True)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
@@ -137,7 +138,7 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
     start = time.perf_counter()
     for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        with _autocast(device):
+        with autocast(device):
             logits = model.head(x) if features else model(x)
         correct += (logits.argmax(-1) == y).sum().item()
         total += y.numel()
@@ -175,7 +176,7 @@ def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: to
                device: str) -> torch.Tensor:
     """One optimizer step; returns the detached loss without a host sync (the caller checks it
     for NaN/inf every few steps, so the GPU never waits on the CPU)."""
-    with _autocast(device):
+    with autocast(device):
         loss = F.cross_entropy(step_fn(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -17,7 +17,7 @@ import optuna
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -89,8 +89,7 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             if racing and attempt < 3:
                 time.sleep(1 + attempt)
                 continue
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"cannot open Optuna storage {url!r}: {first[:200]}") from None
+            raise UserError(f"cannot open Optuna storage {url!r}: {first_line(exc)}") from None
 
 
 def study_name(suite: str, method: str, task: str) -> str:
