@@ -15,6 +15,38 @@ from .base import Method, mark_no_weight_decay, register
 from .ssf import add_ssf, stem_and_final_norm
 
 
+class _RescaledLinear(torch.autograd.Function):
+    """y = x W'^T + b + t with W' = W * (1 + s_out s_in^T), materialised once per step.
+
+    Plain autograd would keep both W' and the full-size rescale matrix for every layer; here only
+    W' (needed for dL/dx) is kept, and the scales' gradients come from dL/dW' = g^T x times W,
+    reduced per row and per column: what full fine-tuning computes for its weight gradient,
+    without its optimizer state."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, w, b, s_in, s_out, t, groups: int):
+        rescale = (s_out.view(groups, -1, 1) * s_in.view(groups, 1, -1)).view_as(w)
+        w_new = torch.addcmul(w, w, rescale)
+        del rescale
+        ctx.groups = groups
+        ctx.save_for_backward(x, w, w_new, s_in, s_out)
+        return F.linear(x, w_new, t if b is None else b + t)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g):
+        x, w, w_new, s_in, s_out = ctx.saved_tensors
+        groups = ctx.groups
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_x = (g2 @ w_new.to(g2.dtype)).view(x.shape) if ctx.needs_input_grad[0] else None
+        m = (g2.t() @ x2.to(g2.dtype)).to(w.dtype).mul_(w).view(groups, -1, w.shape[1])  # dL/d(rescale)
+        grad_s_in = torch.einsum("goi,go->gi", m, s_out.view(groups, -1))
+        grad_s_out = torch.einsum("goi,gi->go", m, s_in).reshape(-1, 1)
+        grad_t = g2.sum(0).to(s_out.dtype)
+        return grad_x, None, None, grad_s_in, grad_s_out, grad_t, None
+
+
 class RLRRLinear(Mergeable):
     """A frozen ``nn.Linear`` with the RLRR rescaling of its weight and a shift of its bias.
 
@@ -45,6 +77,9 @@ class RLRRLinear(Mergeable):
         return self.t if self.base.bias is None else self.base.bias + self.t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return _RescaledLinear.apply(x, self.base.weight, self.base.bias, self.s_in, self.s_out, self.t,
+                                         self.groups)
         return F.linear(x, self.weight(), self.bias())
 
     @torch.no_grad()

@@ -402,3 +402,24 @@ def test_bench_methods_table(capsys):
             assert f" {n:,} " in rows[name] and f" {n + VIT_B_HEAD:,} " in rows[name], rows[name]
         assert ("yes" if methods.get(name).mergeable else "no") in rows[name].split("|")[4]
     assert "rank=8, alpha=8" in rows["lora"]
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_rlrr_fused_backward_matches_autograd_of_the_formula(groups):
+    """RLRR's hand-written backward (it keeps W' only) against autograd of W' = W * (1 + s_out s_in^T)."""
+    from methods.rlrr import RLRRLinear, _RescaledLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 6).double().requires_grad_(False)
+    m = RLRRLinear(lin, groups=groups).double()
+    x = torch.randn(2, 5, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, a, b, t: _RescaledLinear.apply(x, lin.weight, lin.bias, a, b, t, groups), (x, m.s_in, m.s_out, m.t))
+    params = (x, m.s_in, m.s_out, m.t)
+    m(x).square().sum().backward()
+    fused = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    torch.nn.functional.linear(x, m.weight(), m.bias()).square().sum().backward()
+    for got, p in zip(fused, params):
+        torch.testing.assert_close(got, p.grad)
