@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
+import torch.utils.data
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -111,13 +112,50 @@ def autocast(device: str):
 
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: str) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
+    if getattr(ds, "batchable", False):
+        ds = _WholeBatches(ds)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
                       pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
-                      drop_last=False)
+                      drop_last=False, collate_fn=_collate)
+
+
+class _Batch(tuple):
+    """``(inputs, labels)`` already stacked by ``_WholeBatches``."""
+
+
+class _WholeBatches(Dataset):
+    """Serves a dataset with ``get_batch`` a batch per fetch (DataLoader calls ``__getitems__``)
+    instead of one sample at a time: the per-sample overhead would dominate small images."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index):
+        return self.ds[index]
+
+    def __getitems__(self, indices: list[int]) -> _Batch:
+        return _Batch(self.ds.get_batch(indices))
+
+
+def _collate(samples):
+    return tuple(samples) if isinstance(samples, _Batch) else torch.utils.data.default_collate(samples)
+
+
+class FeatureDataset(TensorDataset):
+    """Cached backbone features; batchable, so served by whole batches (one index op each)."""
+
+    batchable = True
+
+    def get_batch(self, indices) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices)
+        return tuple(t[index] for t in self.tensors)
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0) -> TensorDataset:
+def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0) -> "FeatureDataset":
     """Pre-logit features of the frozen backbone, computed once per split for the linear probe."""
     model.eval()
     feats, labels = [], []
@@ -126,7 +164,7 @@ def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str
             f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)), pre_logits=True)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
-    return TensorDataset(torch.cat(feats), torch.cat(labels))
+    return FeatureDataset(torch.cat(feats), torch.cat(labels))
 
 
 @torch.no_grad()

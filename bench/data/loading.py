@@ -35,12 +35,14 @@ def open_split(suite: Suite | str, task: str, split: str, data_root: str | None 
             raise UserError(f"suite {suite.name}: generated tasks are {data.images.shape[-1]}px, "
                             f"untransformed; the recipe asks for {plan.kind} to {plan.image_size}px")
         index = data.splits[split]
-        return LabelledImages(data.images[index], data.labels[index], transform, spec.num_classes)
+        return LabelledImages(data.images[index], data.labels[index], transform, spec.num_classes,
+                              batchable=plan.deterministic)
     examples = _examples(suite, spec, split, data_root)
     images = decode_all([e.path for e in examples], [e.where for e in examples],
                         Decoder(plan.cache_size, plan.interpolation), plan.cache_size, cache_dir,
                         desc=f"decoding {spec.name}/{split}")
-    return LabelledImages(images, [e.label for e in examples], transform, spec.num_classes)
+    return LabelledImages(images, [e.label for e in examples], transform, spec.num_classes,
+                          batchable=plan.deterministic)
 
 
 def split_size(suite: Suite | str, task: str, split: str, data_root: str | None = None) -> int:

@@ -38,6 +38,11 @@ class ImagePlan:
     cache_size: int
     interpolation: str
 
+    @property
+    def deterministic(self) -> bool:
+        """No random crop or flip: the transform may run on a whole batch at once."""
+        return self.kind != "resize_crop_flip"
+
 
 def image_plan(suite: Suite, task: Task, train: bool) -> ImagePlan:
     """The recipe for ``task`` in training (``train=True``) or evaluation mode."""
