@@ -176,7 +176,6 @@ def open_stores(spec: RunSpec):
     return out, client, exp_id, storage
 
 
-
 class Runner:
     """Holds what one `bench run` shares: backbone, stores, provenance."""
 
@@ -230,7 +229,7 @@ class Runner:
                 self.client.set_terminated(run.info.run_id, "FAILED")
 
     @staticmethod
-    def _split_params(method: str, params: dict) -> tuple[dict, dict]:
+    def _split_params(params: dict) -> tuple[dict, dict]:
         """(common, method-specific) from a flat Optuna params dict."""
         common = {k: params.get(k, v) for k, v in COMMON_DEFAULTS.items()}
         specific = {k: v for k, v in params.items() if k not in COMMON_DEFAULTS}
@@ -299,7 +298,7 @@ class Runner:
 
     def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds, claim: str) -> float:
         params = {**common_search_space(trial), **methods.get(method).search_space(trial)}
-        common, specific = self._split_params(method, params)
+        common, specific = self._split_params(params)
         try:
             model = self._model(method, task, specific, seed=trial.number)
         except ValueError as exc:  # an impossible combination drawn from the space
@@ -367,7 +366,7 @@ class Runner:
         self._reap({"run_key": key})
         self.guard.phase = "final"
         try:
-            common, specific = self._split_params(method, params)
+            common, specific = self._split_params(params)
             model = self._model(method, task, specific, seed)
             train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train, train=True)
             test_ds = self.guard.open(task.name, self.spec.suite.splits.test)
@@ -424,14 +423,18 @@ def say(line: str) -> None:
 
 
 # --------------------------------------------------------------------------- CLI entry points
-def parse_jobs(text: str, device: str) -> int:
+def parse_jobs(text: str, device: str, force: bool = False) -> int:
+    """Local workers: one per core on CPU, one on GPU, one with --force (each worker would redo
+    what the others just redid)."""
     if text == "auto":
-        return (os.cpu_count() or 1) if device == "cpu" else 1
+        return (os.cpu_count() or 1) if device == "cpu" and not force else 1
     try:
         jobs = int(text)
     except ValueError:
         raise UserError(f"--jobs must be 'auto' or a positive integer, got {text!r}") from None
     _positive(jobs, "--jobs")
+    if force and jobs > 1:
+        raise UserError("--force redoes finished work and runs in one worker: drop --jobs or use --jobs 1")
     return jobs
 
 
@@ -459,7 +462,7 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
 
 def main_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, parse_methods(args.methods))
-    jobs = parse_jobs(args.jobs, spec.device)
+    jobs = parse_jobs(args.jobs, spec.device, args.force)
     if args.dry_run:
         from .plan import print_plan
 

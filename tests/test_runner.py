@@ -205,6 +205,7 @@ def test_linear_probe_trains_on_cached_features(monkeypatch):
     (["run", "--device", "tpu"], "unknown device"),
     (["run", "--jobs", "0"], "--jobs must be >= 1"),
     (["run", "--jobs", "many"], "--jobs must be 'auto' or a positive integer"),
+    (["run", "--jobs", "2", "--force"], "--force redoes finished work and runs in one worker"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
     (["tune", "--method", "lora", "--task", "nope"], "unknown task 'nope'"),
 ])
@@ -307,3 +308,16 @@ def test_corrupt_image_in_a_real_suite_is_one_line_naming_the_file(tmp_path, cap
                  "--methods", "linear", "--jobs", "1", "--out", str(tmp_path / "out"), "--no-report"])
     err = capsys.readouterr().err
     assert code == 2 and "bad.jpg" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_force_redoes_trials_and_final_fits(tmp_path):
+    args = ["run", "--methods", "lora", "--tasks", "count", "--epochs", "1", "--trials", "2", "--seeds", "1",
+            "--out", str(tmp_path), "--no-report", "--jobs", "1"]
+    assert main(args) == 0
+    first = final_runs(tmp_path)
+    assert main([*args, "--force"]) == 0
+    runs = final_runs(tmp_path)
+    assert len(first) == 1 and len(runs) == 2
+    assert runs[0].data.tags["run_key"] == runs[1].data.tags["run_key"]
+    assert len(study(tmp_path, "lora", "count").trials) == 2  # the study was started afresh, not extended
+    assert runs[0].data.metrics["test_acc"] == runs[1].data.metrics["test_acc"]  # and it is deterministic
