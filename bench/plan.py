@@ -11,10 +11,10 @@ from .perf import seconds_per_call
 from .train import autocast, head_only, make_optimizer, train_step
 
 
-def _rates(method: str, base, device: str, batch: int, steps: int) -> tuple[float, float]:
+def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int) -> tuple[float, float]:
     """(train img/s, forward-only img/s) of one method on random images."""
     torch.manual_seed(0)
-    model = methods.get(method).apply(base, num_classes=10).to(device)
+    model = methods.get(method).apply(base, num_classes=10, **hparams).to(device)
     x = torch.randn(batch, 3, *base.patch_embed.img_size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = make_optimizer(model, 1e-4, 0.0, device)
@@ -56,7 +56,7 @@ def print_plan(spec) -> None:
     batch, steps = (min(spec.batch_size, 8), 1) if cpu_vit else (spec.batch_size, 3)
     rows, total = [], 0.0
     for method in spec.methods:
-        train_rate, eval_rate = _rates(method, base, spec.device, batch, steps)
+        train_rate, eval_rate = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch, steps)
         probe = head_only(methods.get(method).apply(base, num_classes=2))
         seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe)
                       for t in spec.tasks)

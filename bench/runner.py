@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -54,6 +54,7 @@ class RunSpec:
     workers: int = 0
     compile: bool = False
     force: bool = False
+    fixed: dict[str, dict] = field(default_factory=dict)  # method -> hyperparameters fixed by --hparam
 
     def protocol(self) -> dict:
         """What makes two final fits the same experiment (their ``run_key``), minus method/task/seed."""
@@ -85,6 +86,31 @@ def parse_methods(text: str) -> list[str]:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     return list(dict.fromkeys(chosen))
+
+
+def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
+    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, values typed like the defaults."""
+    fixed: dict[str, dict] = {}
+    for item in items:
+        target, eq, text = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not (eq and dot and name):
+            raise UserError(f"--hparam takes METHOD.NAME=VALUE, got {item!r}")
+        if method not in method_names:
+            raise UserError(f"--hparam {item!r}: method {method!r} is not among --methods "
+                            f"({', '.join(method_names)})")
+        default = methods.get(method).defaults.get(name)
+        try:
+            value = type(default)(text) if isinstance(default, (int, float)) else text
+        except ValueError:
+            raise UserError(f"--hparam {item!r}: {name} takes a {type(default).__name__}") from None
+        fixed.setdefault(method, {})[name] = value
+    for method, hp in fixed.items():
+        try:
+            methods.get(method).resolve(**hp)
+        except ValueError as exc:
+            raise UserError(f"--hparam: {exc}") from None
+    return fixed
 
 
 def _positive(value: int | None, what: str) -> None:
@@ -131,7 +157,8 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
         pretrained=args.pretrained, device=device, out=out, storage=args.storage,
-        tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force)
+        tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
+        fixed=parse_fixed(args.hparam, method_names))
 
 
 def _per_epoch(metrics: dict) -> dict:
@@ -228,6 +255,10 @@ class Runner:
                 self.client.set_tag(run.info.run_id, "failure_reason", "worker died (found RUNNING on restart)")
                 self.client.set_terminated(run.info.run_id, "FAILED")
 
+    def defaults(self, method: str) -> dict:
+        """The recipe's common defaults, the method's defaults and what --hparam fixed."""
+        return {**COMMON_DEFAULTS, **methods.get(method).defaults, **self.spec.fixed.get(method, {})}
+
     @staticmethod
     def _split_params(params: dict) -> tuple[dict, dict]:
         """(common, method-specific) from a flat Optuna params dict."""
@@ -237,7 +268,7 @@ class Runner:
 
     # -- tuning --------------------------------------------------------------------------------
     def _study(self, method: str, task: Task):
-        name = study_name(self.spec.suite.name, method, task.name)
+        name = study_name(self.spec.suite.name, method, task.name, self.spec.fixed.get(method))
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         return open_study(self.storage, name, seed=seed, force=self.spec.force and not self._forced(name))
 
@@ -252,7 +283,7 @@ class Runner:
         s = self.spec
         study = self._study(method, task)
         if not study.trials:
-            study.enqueue_trial({**COMMON_DEFAULTS, **methods.get(method).defaults}, skip_if_exists=True)
+            study.enqueue_trial(self.defaults(method), skip_if_exists=True)
         self._reap({"phase": tracking.PHASE_TRIAL, "method": method, "task": task.name})
         self.guard.phase = "tune"
         train_ds = val_ds = None
@@ -297,7 +328,8 @@ class Runner:
         return best_params(self._study(method, task))
 
     def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds, claim: str) -> float:
-        params = {**common_search_space(trial), **methods.get(method).search_space(trial)}
+        params = {**common_search_space(trial), **methods.get(method).search_space(trial),
+                  **self.spec.fixed.get(method, {})}
         common, specific = self._split_params(params)
         try:
             model = self._model(method, task, specific, seed=trial.number)
@@ -349,6 +381,8 @@ class Runner:
     def run_key(self, method: str, task: Task, seed: int) -> str:
         ident = {**self.spec.protocol(), "method": method, "task": task.name, "seed": seed,
                  "weights_sha256": self.provenance["weights_sha256"]}
+        if self.spec.fixed.get(method):
+            ident["fixed"] = self.spec.fixed[method]
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def final(self, method: str, task: Task, seed: int, params: dict, source: str) -> float | None:
@@ -406,7 +440,7 @@ class Runner:
             self.tune(method, task)
         for method, task in pairs:
             params, source = self.best(method, task)
-            params = {**COMMON_DEFAULTS, **methods.get(method).defaults, **params}
+            params = {**self.defaults(method), **params, **self.spec.fixed.get(method, {})}
             for seed in s.seeds:
                 try:
                     self.final(method, task, seed, params, source)
@@ -500,6 +534,7 @@ def main_tune(args: argparse.Namespace) -> int:
     runner = Runner(spec)
     runner.tune(spec.methods[0], spec.tasks[0])
     params, source = runner.best(spec.methods[0], spec.tasks[0])
-    print(json.dumps({"study": study_name(spec.suite.name, spec.methods[0], spec.tasks[0].name),
+    print(json.dumps({"study": study_name(spec.suite.name, spec.methods[0], spec.tasks[0].name,
+                                          spec.fixed.get(spec.methods[0])),
                       "best_from": source, "params": params}, indent=2, sort_keys=True))
     return 0

@@ -92,8 +92,11 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             raise UserError(f"cannot open Optuna storage {url!r}: {first_line(exc)}") from None
 
 
-def study_name(suite: str, method: str, task: str) -> str:
-    return f"{suite}.{method}.{task}"
+def study_name(suite: str, method: str, task: str, fixed: dict | None = None) -> str:
+    """``suite.method.task``; a method run with fixed hyperparameters (a variant, e.g. vpt with
+    mode=shallow) gets its own study: ``suite.method[mode=shallow].task``."""
+    variant = f"[{','.join(f'{k}={v}' for k, v in sorted(fixed.items()))}]" if fixed else ""
+    return f"{suite}.{method}{variant}.{task}"
 
 
 def open_study(storage, name: str, seed: int, force: bool = False) -> optuna.Study:

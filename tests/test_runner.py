@@ -145,7 +145,8 @@ def test_split_guard_refuses_test_outside_final(tmp_path):
     args = runner_mod.spec_from_args(
         runner_mod.argparse.Namespace(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0,
                                       seeds=None, data_root=None, pretrained=None, device="cpu", out=str(tmp_path),
-                                      tracking_uri=None, storage=None, compile=False, force=False), ["lora"])
+                                      tracking_uri=None, storage=None, compile=False, force=False, hparam=[]),
+        ["lora"])
     guard = SplitGuard(args)
     with pytest.raises(ProtocolError):
         guard.open("digits", "test")
@@ -206,6 +207,11 @@ def test_linear_probe_trains_on_cached_features(monkeypatch):
     (["run", "--jobs", "0"], "--jobs must be >= 1"),
     (["run", "--jobs", "many"], "--jobs must be 'auto' or a positive integer"),
     (["run", "--jobs", "2", "--force"], "--force redoes finished work and runs in one worker"),
+    (["run", "--hparam", "rank=4"], "--hparam takes METHOD.NAME=VALUE"),
+    (["run", "--methods", "lora", "--hparam", "vpt.mode=shallow"], "method 'vpt' is not among --methods"),
+    (["run", "--hparam", "lora.rank=big"], "rank takes a int"),
+    (["run", "--hparam", "vpt.mode=sideways"], "mode must be one of"),
+    (["run", "--hparam", "lora.rank=0"], "rank"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
     (["tune", "--method", "lora", "--task", "nope"], "unknown task 'nope'"),
 ])
@@ -321,3 +327,14 @@ def test_force_redoes_trials_and_final_fits(tmp_path):
     assert runs[0].data.tags["run_key"] == runs[1].data.tags["run_key"]
     assert len(study(tmp_path, "lora", "count").trials) == 2  # the study was started afresh, not extended
     assert runs[0].data.metrics["test_acc"] == runs[1].data.metrics["test_acc"]  # and it is deterministic
+
+
+def test_a_fixed_variant_gets_its_own_study_and_runs(tmp_path):
+    args = ["run", "--methods", "vpt", "--tasks", "count", "--epochs", "1", "--trials", "2", "--seeds", "1",
+            "--hparam", "vpt.mode=shallow", "--out", str(tmp_path), "--no-report", "--jobs", "1"]
+    assert main(args) == 0
+    (run,) = final_runs(tmp_path)
+    assert run.data.params["mode"] == "shallow"
+    storage = runner_mod.open_storage(None, tmp_path)
+    trials = optuna.load_study(study_name="demo.vpt[mode=shallow].count", storage=storage).trials
+    assert len(trials) == 2
