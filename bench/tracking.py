@@ -76,7 +76,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def connect(uri: str) -> "mlflow.MlflowClient":
+def connect(uri: str):
     """Point MLflow at ``uri``; a malformed or unreachable store is a UserError (one line)."""
     import mlflow
 
