@@ -135,6 +135,7 @@ class Claims:
         self.storage = storage
         self.stale_s = stale_s
         self._current: dict[str, int] = {}
+        self._first_seen: dict[str, float] = {}
 
     def _attempts(self, key: str) -> list:
         prefix = f"claim:{key}#"
@@ -144,14 +145,8 @@ class Claims:
     def acquire(self, key: str, force: bool = False) -> bool:
         """True when this worker now owns ``key``; ``force`` overrides a finished claim."""
         attempts = self._attempts(key)
-        if attempts and not force:
-            last = attempts[-1]
-            attrs = last.user_attrs
-            if attrs.get("done"):
-                return False
-            fresh = time.time() - float(attrs.get("heartbeat", 0)) < self.stale_s
-            if owner_alive(attrs.get("owner", "")) and fresh:
-                return False
+        if attempts and not force and self._held(attempts[-1]):
+            return False
         attempt = len(attempts)
         try:
             sid = self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE],
@@ -159,9 +154,22 @@ class Claims:
         except optuna.exceptions.DuplicatedStudyError:
             return False
         self._current[key] = sid
+        self.beat(key)  # the heartbeat first: an attempt without one is still being created
         self.storage.set_study_user_attr(sid, "owner", owner_id())
-        self.beat(key)
         return True
+
+    def _held(self, attempt) -> bool:
+        """Whether the latest attempt still holds its key: done, or owned by a live worker."""
+        attrs = attempt.user_attrs
+        if attrs.get("done"):
+            return True
+        if "heartbeat" not in attrs:
+            # another worker created it a moment ago and is writing its attributes; only if it
+            # stays bare for ``stale_s`` did its creator die in between
+            first_seen = self._first_seen.setdefault(attempt.study_name, time.time())
+            return time.time() - first_seen < self.stale_s
+        fresh = time.time() - float(attrs["heartbeat"]) < self.stale_s
+        return fresh and owner_alive(attrs.get("owner", ""))
 
     def is_done(self, key: str) -> bool:
         attempts = self._attempts(key)

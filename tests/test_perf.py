@@ -35,11 +35,17 @@ def test_merged_model_evaluates_at_backbone_speed(name):
     assert row["eval_img_s_merged"] >= 0.75 * row["eval_img_s_plain"]
 
 
-def test_peft_methods_train_no_slower_than_full():
+# Floors on train speed / full's on the demo ViT, about 25% under what was measured (README):
+# lora 1.2-1.6, adapter 1.4-1.8, ssf 1.0-1.4, rlrr 0.9-1.1, linear >= 3. On ViT-B/16 every
+# method is at least 1.0; on the tiny demo RLRR's per-weight work is not hidden behind the matmuls.
+SPEED_FLOORS = {"linear": 2.0, "adapter": 1.0, "lora": 0.9, "ssf": 0.7, "rlrr": 0.6}
+
+
+def test_peft_methods_train_about_as_fast_as_full_or_faster():
     full = measure_method("full", "demo", "cpu", batch_size=64, steps=10)
-    for name in ("lora", "ssf", "rlrr", "linear"):
+    for name, floor in SPEED_FLOORS.items():
         row = measure_method(name, "demo", "cpu", batch_size=64, steps=10)
-        assert row["train_img_s"] >= 0.8 * full["train_img_s"], name
+        assert row["train_img_s"] >= floor * full["train_img_s"], name
 
 
 def test_linear_probe_on_cached_features_is_over_10x_faster_than_backprop():
