@@ -338,3 +338,16 @@ def test_a_fixed_variant_gets_its_own_study_and_runs(tmp_path):
     storage = runner_mod.open_storage(None, tmp_path)
     trials = optuna.load_study(study_name="demo.vpt[mode=shallow].count", storage=storage).trials
     assert len(trials) == 2
+
+
+def test_bench_tune_runs_one_study_and_prints_its_best_params(tmp_path, capsys):
+    import json
+
+    assert main(["tune", "--method", "lora", "--task", "count", "--epochs", "1", "--trials", "2",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    best = json.loads(out[out.index("{"):])
+    assert best["study"] == "demo.lora.count"
+    assert set(best["params"]) == {"lr", "weight_decay", "rank", "alpha"}
+    assert len(study(tmp_path, "lora", "count").trials) == 2
+    assert final_runs(tmp_path) == []  # tuning only: no final fit, the test split untouched
