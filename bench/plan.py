@@ -11,8 +11,8 @@ from .perf import seconds_per_call
 from .train import autocast, head_only, make_optimizer, train_step
 
 
-def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int) -> tuple[float, float]:
-    """(train img/s, forward-only img/s) of one method on random images."""
+def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int) -> tuple[float, float, bool]:
+    """(train img/s, forward-only img/s, head-only?) of one method on random images."""
     torch.manual_seed(0)
     model = methods.get(method).apply(base, num_classes=10, **hparams).to(device)
     x = torch.randn(batch, 3, *base.patch_embed.img_size, device=device)
@@ -25,7 +25,7 @@ def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int
 
     train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device, warmup=1)
     model.eval()
-    return train, batch / seconds_per_call(forward, steps, device, warmup=1)
+    return train, batch / seconds_per_call(forward, steps, device, warmup=1), head_only(model)
 
 
 def estimate_seconds(spec, method: str, n_tune: int, n_val: int, n_final: int, train_rate: float,
@@ -56,8 +56,8 @@ def print_plan(spec) -> None:
     batch, steps = (min(spec.batch_size, 8), 1) if cpu_vit else (spec.batch_size, 3)
     rows, total = [], 0.0
     for method in spec.methods:
-        train_rate, eval_rate = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch, steps)
-        probe = head_only(methods.get(method).apply(base, num_classes=2))
+        train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
+                                              steps)
         seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe)
                       for t in spec.tasks)
         total += seconds

@@ -287,8 +287,7 @@ class Runner:
         self._reap({"phase": tracking.PHASE_TRIAL, "method": method, "task": task.name})
         self.guard.phase = "tune"
         train_ds = val_ds = None
-        for slot in range(s.trials):
-            key = f"{study.study_name}/trial{slot}"
+        for slot, key in enumerate(self._slot_keys(study)):
             if not self.claims.acquire(key, force=s.force):
                 continue
             try:
@@ -320,12 +319,16 @@ class Runner:
     def best(self, method: str, task: Task, poll_s: float = 2.0) -> tuple[dict, str]:
         """Best params once every trial slot is done, running slots whose worker died."""
         study = self._study(method, task)
-        keys = [f"{study.study_name}/trial{slot}" for slot in range(self.spec.trials)]
+        keys = self._slot_keys(study)
         while not all(self.claims.is_done(k) for k in keys):
             self.tune(method, task)  # takes over stale slots, if any
             if not all(self.claims.is_done(k) for k in keys):
                 time.sleep(poll_s)
-        return best_params(self._study(method, task))
+        return best_params(study)  # the study reads its trials from the storage: no need to reopen it
+
+    def _slot_keys(self, study) -> list[str]:
+        """The claim keys of a study's trial budget, one per slot."""
+        return [f"{study.study_name}/trial{slot}" for slot in range(self.spec.trials)]
 
     def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds, claim: str) -> float:
         params = {**common_search_space(trial), **methods.get(method).search_space(trial),
