@@ -2,8 +2,10 @@
 and the demo backbone's pretraining. Fixtures are tiny JPEG trees written into tmp_path."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 
 from bench import cli
 from bench.catalog import load_suite
+from bench.data import check as data_check
 from bench.data import decoded_cache, demo_tasks, manifest_hash, open_split, split_size, transforms
 from bench.errors import UserError
 
@@ -46,10 +49,29 @@ def vtab_root(tmp_path: Path) -> Path:
     return root
 
 
+def small_fgvc(**num_classes: int):
+    """The fgvc catalog with these tasks' ``num_classes`` changed, so that a fixture needs only a few classes."""
+    suite = load_suite("fgvc")
+    tasks = {name: dataclasses.replace(task, num_classes=num_classes.get(name, task.num_classes))
+             for name, task in suite.tasks.items()}
+    return dataclasses.replace(suite, tasks=tasks)
+
+
+@pytest.fixture
+def fgvc_suite():
+    """fgvc with cub_200_2011 at the 3 classes of ``fgvc_root``."""
+    return small_fgvc(cub_200_2011=3)
+
+
+def _check_with(monkeypatch, suite):
+    """Make ``bench data check --suite fgvc`` read ``suite`` instead of the catalog's."""
+    monkeypatch.setattr(data_check, "load_suite", lambda name: suite if name == "fgvc" else load_suite(name))
+
+
 @pytest.fixture
 def fgvc_root(tmp_path: Path) -> Path:
     root = tmp_path / "fgvc"
-    folder = root / "CUB_200_2011"  # an alias of "cub_200_2011"; images under image_dir "images"
+    folder = root / "CUB_200_2011"  # an alias of "cub_200_2011"; images under image_dir "images"; labels 0..2
     for split, n in {"train": 5, "val": 2, "test": 3}.items():
         mapping = {}
         for i in range(n):
@@ -82,11 +104,11 @@ def test_vtab_reader_counts_labels_and_alias_folder(vtab_root):
     assert -1.0 <= float(image.min()) and float(image.max()) <= 1.0
 
 
-def test_fgvc_reader_union_and_augmentation(fgvc_root):
-    suite = load_suite("fgvc")
+def test_fgvc_reader_union_and_augmentation(fgvc_root, fgvc_suite):
+    suite = fgvc_suite
     train, val = (open_split(suite, "cub_200_2011", s, data_root=fgvc_root) for s in ("train", "val"))
     union = open_split(suite, "cub_200_2011", "train+val", data_root=fgvc_root)
-    assert (len(train), len(val), len(union)) == (5, 2, 7) and union.num_classes == 200
+    assert (len(train), len(val), len(union)) == (5, 2, 7) and union.num_classes == 3
     assert union.labels.tolist() == train.labels.tolist() + val.labels.tolist()
     augmented = open_split(suite, "cub_200_2011", "train", data_root=fgvc_root, train=True)
     assert augmented.images.shape[-2:] == (256, 256)  # cached before the random crop
@@ -107,15 +129,141 @@ def test_open_split_errors(vtab_root):
         open_split("vtab1k", "dtd", "test", data_root=vtab_root)
 
 
+# --- FGVC labels as the VPT / RLRR preparations write them ---------------------------------------
+
+# style -> (task, folder, raw labels per split in file order, expected id of each raw label, check's labels cell).
+# train holds every class, in an order that is not sorted; val and test hold a few, so per-file mapping
+# (what VPT's and RLRR's readers do) would give them other ids.
+LABEL_STYLES = {
+    # CUB as some preparations write it: zero-padded strings ("001".."012"), sorted as text
+    "padded_strings": ("cub_200_2011", "CUB_200_2011", {
+        "train": ["012", "001", "005", "010", "002", "003", "004", "006", "007", "008", "009", "011"],
+        "val": ["010", "002"],
+        "test": ["012", "001", "010"],
+    }, {"001": 0, "002": 1, "003": 2, "004": 3, "005": 4, "006": 5, "007": 6, "008": 7, "009": 8, "010": 9,
+        "011": 10, "012": 11}, "12 classes, mapped from strings '001'..'012'"),
+    # strings without padding sort as text too, exactly as VPT's sorted(set(labels)): "10" before "2"
+    "unpadded_strings": ("cub_200_2011", "cub", {
+        "train": ["12", "1", "5", "10", "2", "3", "4", "6", "7", "8", "9", "11"],
+        "val": ["10", "2"],
+        "test": ["12", "1", "10"],
+    }, {"1": 0, "10": 1, "11": 2, "12": 3, "2": 4, "3": 5, "4": 6, "5": 7, "6": 8, "7": 9, "8": 10, "9": 11},
+        "12 classes, mapped from strings '1'..'9'"),
+    # NABirds: raw, non-contiguous class ids, sorted numerically
+    "sparse_ints": ("nabirds", "NABirds", {
+        "train": [817, 2, 400, 1010, 5, 96, 817, 2],
+        "val": [400, 96],
+        "test": [1010, 5, 2],
+    }, {2: 0, 5: 1, 96: 2, 400: 3, 817: 4, 1010: 5}, "6 classes, mapped from ints 2..1010"),
+}
+
+
+def _fgvc_task(folder: Path, labels: dict) -> None:
+    """``<folder>/{split}.json`` listing ``images/<split>/<i>.jpg`` with the raw labels given, and those images."""
+    for split, raw in labels.items():
+        mapping = {}
+        for i, label in enumerate(raw):
+            rel = f"{split}/{i:02d}.jpg"
+            _jpeg(folder / "images" / rel, ((37 * i) % 256, 80, 40), size=(20, 16))
+            mapping[rel] = label
+        (folder / f"{split}.json").write_text(json.dumps(mapping))
+
+
+@pytest.mark.parametrize("style", LABEL_STYLES)
+def test_fgvc_labels_are_mapped_once_over_all_split_files(tmp_path, style):
+    task, folder, labels, ids, _ = LABEL_STYLES[style]
+    _fgvc_task(tmp_path / folder, labels)
+    suite = small_fgvc(**{task: len(ids)})
+    opened = {split: open_split(suite, task, split, data_root=tmp_path)
+              for split in ("train", "val", "train+val", "test")}
+    for split in ("train", "val", "test"):
+        assert opened[split].labels.tolist() == [ids[raw] for raw in labels[split]], split
+        assert split_size(suite, task, split, tmp_path) == len(labels[split])
+    # train+val is the union of the same ids, and the ids of val and test are those of train
+    assert opened["train+val"].labels.tolist() == opened["train"].labels.tolist() + opened["val"].labels.tolist()
+    assert opened["test"][0][1] == ids[labels["test"][0]] and opened["test"].num_classes == len(ids)
+    if style == "padded_strings":
+        assert opened["val"].labels.tolist() == [9, 1]  # "010" -> 9, "002" -> 1 (per file, VPT would say 1, 0)
+        assert opened["test"].labels.tolist() == [11, 0, 9]  # "012", "001", "010"
+    if style == "sparse_ints":
+        assert opened["test"].labels.tolist() == [5, 1, 0]  # 1010, 5, 2
+
+
+@pytest.mark.parametrize("style", LABEL_STYLES)
+def test_check_reports_the_label_mapping(tmp_path, monkeypatch, capsys, style):
+    task, folder, labels, ids, cell = LABEL_STYLES[style]
+    _fgvc_task(tmp_path / folder, labels)
+    _check_with(monkeypatch, small_fgvc(**{task: len(ids)}))
+    assert _run("--suite", "fgvc", "--data-root", tmp_path, "--tasks", task) == 0
+    out = capsys.readouterr().out
+    assert "| labels" in out and cell in out, out
+    assert f"{len(labels['train'])} [0..{len(ids) - 1}]" in out  # train holds every class
+
+
+def test_fgvc_ids_depend_on_every_split_file_and_not_on_order(tmp_path):
+    """Test ids come from train.json too: renaming a train-only class re-maps test.json's labels and changes
+    the task's data hash, while the decoded images (keyed on the image files alone) are reused."""
+    task, folder, labels, _, _ = LABEL_STYLES["padded_strings"]
+    _fgvc_task(tmp_path / folder, labels)
+    suite = small_fgvc(cub_200_2011=12)
+    before = open_split(suite, task, "test", data_root=tmp_path)
+    hash_before = manifest_hash(suite, task, tmp_path)
+    train_file = tmp_path / folder / "train.json"
+    entries = list(json.loads(train_file.read_text()).items())
+    train_file.write_text(json.dumps(dict(reversed(entries))))  # another key order: the same ids
+    assert open_split(suite, task, "test", data_root=tmp_path).labels.tolist() == [11, 0, 9]
+    train_file.write_text(json.dumps({k: "000" if v == "003" else v for k, v in entries}))  # "003" -> "000"
+    after = open_split(suite, task, "test", data_root=tmp_path)
+    assert after.labels.tolist() == [11, 1, 9]  # "001" is now the second class
+    assert after.images is before.images  # the same decoded images
+    assert manifest_hash(suite, task, tmp_path) != hash_before
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong_count", r"CUB_200_2011: train\.json, val\.json, test\.json hold 12 distinct labels, "
+                    r"but task cub_200_2011 has 200 classes"),
+    ("unseen_test_class", r"test\.json: 'test/01\.jpg': label '013' is in no file of train\+val \(train\.json, "
+                          r"val\.json\): a class never trained cannot be learned"),
+    ("mixed_in_file", r"train\.json: 'train/03\.jpg': label 4 is an integer, but 'train/00\.jpg' has a string: "
+                      r"a split file must not mix"),
+    ("mixed_across_files", r"test\.json: labels are integers, but .*train\.json has strings"),
+    ("not_a_label", r"val\.json: 'val/01\.jpg': label 2\.5 is neither an integer nor a string"),
+])
+def test_fgvc_label_problems_are_one_line_naming_the_file(tmp_path, monkeypatch, capsys, case, expected):
+    _, folder, labels, _, _ = LABEL_STYLES["padded_strings"]
+    labels = {split: list(raw) for split, raw in labels.items()}
+    classes = 12
+    if case == "unseen_test_class":
+        labels["test"][1], classes = "013", 13  # 13 classes in all, but "013" is only in test.json
+    elif case == "mixed_in_file":
+        labels["train"][3] = 4
+    elif case == "mixed_across_files":
+        labels["test"] = [12, 1, 10]
+    elif case == "not_a_label":
+        labels["val"][1] = 2.5
+    _fgvc_task(tmp_path / folder, labels)
+    suite = load_suite("fgvc") if case == "wrong_count" else small_fgvc(cub_200_2011=classes)
+    _check_with(monkeypatch, suite)
+    assert _run("--suite", "fgvc", "--data-root", tmp_path, "--tasks", "cub_200_2011") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(expected, err), err
+    with pytest.raises(UserError, match=expected):  # every split stops the same way, test included
+        open_split(suite, "cub_200_2011", "test", data_root=tmp_path)
+
+
 # --- bench data check -----------------------------------------------------------------------------
 
-def test_check_passes_and_prints_table(vtab_root, fgvc_root, capsys):
+def test_check_passes_and_prints_table(vtab_root, fgvc_root, fgvc_suite, monkeypatch, capsys):
     assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar,dtd") == 0
     out = capsys.readouterr().out
     assert "| cifar " in out and "cifar100" in out and "| dtd " in out
     assert "4 [0..1]" in out and "6 [0..1]" in out and "3 [0..1]" in out
+    assert "labels" not in out  # VTAB labels are read as listed: no labels column
+    _check_with(monkeypatch, fgvc_suite)
     assert _run("--suite", "fgvc", "--data-root", fgvc_root, "--tasks", "cub_200_2011") == 0
-    assert "5 [0..2]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "5 [0..2]" in out and "3 classes, ints 0..2 as listed" in out
 
 
 @pytest.mark.parametrize("problem, expected", [
@@ -138,7 +286,7 @@ def test_check_names_the_bad_file(vtab_root, capsys, problem, expected):
     assert _run("--suite", "vtab1k", "--data-root", vtab_root, "--tasks", "cifar") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert __import__("re").search(expected, err), err
+    assert re.search(expected, err), err
 
 
 def test_check_hash_writes_validates_and_detects_change(vtab_root, capsys):
@@ -206,16 +354,16 @@ def test_each_image_is_decoded_once(vtab_root, count_opens):
     assert len(again) == 6 and len(count_opens) == 6
 
 
-def test_memory_mapped_cache(fgvc_root, tmp_path, monkeypatch, count_opens):
-    in_memory = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root)
+def test_memory_mapped_cache(fgvc_root, fgvc_suite, tmp_path, monkeypatch, count_opens):
+    in_memory = open_split(fgvc_suite, "cub_200_2011", "train+val", data_root=fgvc_root)
     monkeypatch.setenv(decoded_cache.MEMORY_BUDGET_ENV, "0.01")  # ~10 KB: forces the memory map
     cache = tmp_path / "cache"
-    mapped = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
+    mapped = open_split(fgvc_suite, "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
     assert isinstance(mapped.images, decoded_cache.MappedImages)
     assert [p.suffix for p in (cache / "decoded").iterdir()] == [".npy"]  # no partial file left
     assert np.array_equal(np.asarray(mapped.images.array), in_memory.images)
     opens = len(count_opens)
-    again = open_split("fgvc", "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
+    again = open_split(fgvc_suite, "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
     assert len(count_opens) == opens  # a later run maps the finished cache, decoding nothing
     loader = torch.utils.data.DataLoader(again, batch_size=4, num_workers=2)
     batches = list(loader)

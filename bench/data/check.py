@@ -1,7 +1,9 @@
 """``bench data check``: validate a suite's data and print a table of tasks x splits.
 
-Checks that every split is present, every label is in [0, class count) and every image decodes;
-the first problem is a ``UserError`` naming the file (and line). ``--hash`` writes each task's
+Checks that every split is present, every label is valid and every image decodes; the first problem
+is a ``UserError`` naming the file (and line). Valid labels: VTAB-1k, ints in [0, class count); FGVC,
+raw labels (ints or strings) whose distinct values number the class count and that ``layouts.FgvcLayout``
+maps to ids, its mapping shown in a ``labels`` column. ``--hash`` writes each task's
 ``MANIFEST.sha256`` or, when one exists, verifies the files against it. Manifests are written only
 after every selected task passed, so a failed check writes nothing.
 """
@@ -35,13 +37,15 @@ def main(args) -> int:
 
 def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) -> tuple[list, list]:
     """Rows for tasks read from ``root``; with ``with_hash``, manifests written or verified."""
-    rows, to_write = [], []
+    rows, to_write, maps_labels = [], [], False
     for name in tasks:
         task = suite.task(name)
         files = layouts.read_task(suite, root, task)
         digests = _verify_images(files, want_digests=with_hash, desc=name)
         row = [name, files.folder.name, task.num_classes,
-               *(_split_cell([e.label for e in files.splits[s]]) for s in suite.splits.all)]
+               *(_split_cell([e.label for e in files.splits[s]]) for s in suite.splits.all),
+               *([files.classes.describe()] if files.classes is not None else [])]
+        maps_labels = files.classes is not None
         if with_hash:
             digests.update({f: manifest.sha256_file(f) for f in files.split_files})
             text = manifest.render(files.folder, digests)
@@ -57,7 +61,8 @@ def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) ->
         rows.append(row)
     for path, text in to_write:  # only once every task passed
         _write_atomically(path, text)
-    headers = ["task", "folder", "classes", *suite.splits.all, *(["manifest"] if with_hash else [])]
+    headers = ["task", "folder", "classes", *suite.splits.all, *(["labels"] if maps_labels else []),
+               *(["manifest"] if with_hash else [])]
     return headers, rows
 
 

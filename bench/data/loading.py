@@ -78,7 +78,7 @@ def manifest_hash(suite: Suite | str, task: str, data_root: str | None = None) -
 
 def _examples(suite: Suite, task: Task, split: str, data_root: str | None) -> list[layouts.Example]:
     root = layouts.data_root(suite, data_root)
-    return layouts.read_split(layouts.layout_for(suite), layouts.task_folder(root, task), task, split)
+    return layouts.read_split(layouts.layout_for(suite), layouts.task_folder(root, task), task, split, suite.splits)
 
 
 def _digest(path: Path) -> str:

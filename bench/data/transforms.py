@@ -7,6 +7,17 @@
 
 Which recipe applies comes from the suite's ``[transform]`` table (``train``/``eval`` kinds, optional
 ``resize_size`` and ``interpolation``), overridable per task by a ``transform`` table in the task.
+
+FGVC follows RLRR, the reference paper's code (``zstarN70/RLRR``, ``RLRRDatasets/fgvc_tranforms.py``):
+``Resize((256, 256))`` (the whole image squashed to 256x256, aspect ratio not kept; PIL bilinear), then
+``RandomCrop(224)`` + ``RandomHorizontalFlip(0.5)`` for training or ``CenterCrop(224)`` for evaluation,
+then mean = std = (0.5, 0.5, 0.5). Ours does exactly that, in two steps: ``Decoder`` does the 256x256
+bilinear PIL resize (the same call torchvision makes on a PIL image: identical pixels), and
+``tensor_transform`` crops, flips, scales to [0, 1] and normalises. VPT (``KMnP/vpt``,
+``src/data/transforms.py``) differs: ``Resize(256)`` of the SHORT side (aspect kept, so the crop drops
+part of the long side) and ImageNet mean/std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225). We follow
+RLRR because its numbers are the reference (``datasets/reference``) and because 0.5 is the
+normalisation the ImageNet-21k ViT weights were trained with (the design's protocol, VTAB alike).
 """
 from __future__ import annotations
 
@@ -23,7 +34,7 @@ from ..errors import UserError
 MEAN = STD = (0.5, 0.5, 0.5)  # ImageNet-21k ViT normalisation
 KINDS = ("none", "resize", "resize_crop_flip", "resize_center_crop")
 CROPPING = ("resize_crop_flip", "resize_center_crop")
-# VTAB's recipe resizes bicubic (design); VPT's FGVC loader uses torchvision's default, bilinear.
+# VTAB's recipe resizes bicubic (design); RLRR's (and VPT's) FGVC transforms use torchvision's default, bilinear.
 DEFAULT_INTERPOLATION = {"none": "bicubic", "resize": "bicubic",
                          "resize_crop_flip": "bilinear", "resize_center_crop": "bilinear"}
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
