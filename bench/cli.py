@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1 on GPU)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not render the leaderboard at the end")
-    p.add_argument("--report-dir", default="reports", help="where the leaderboard goes (default: reports)")
+    p.add_argument("--report-dir", default=None,
+                   help="where the leaderboard goes (default: the --out folder; `bench report --out reports` "
+                        "regenerates the committed one)")
     p.set_defaults(handler="bench.runner:main_run")
 
     p = sub.add_parser("tune", help="run one Optuna study (one method x one task)")

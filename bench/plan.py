@@ -6,7 +6,6 @@ import torch
 
 import methods
 
-from . import backbones
 from .perf import seconds_per_call
 from .train import autocast, head_only, make_optimizer, train_step
 
@@ -45,13 +44,14 @@ def print_plan(spec) -> None:
     from tabulate import tabulate
 
     from .data import split_size
+    from .runner import build_backbone
 
     s = spec.suite
     sizes = {}
     for task in spec.tasks:  # from the split files (nothing decoded); the test split stays closed
         sizes[task.name] = [split_size(s, task.name, split, data_root=spec.data_root)
                             for split in (s.splits.tune_train, s.splits.tune_val, s.splits.final_train)]
-    base = backbones.create_backbone(s.backbone, spec.pretrained)
+    base = build_backbone(spec)
     cpu_vit = spec.device == "cpu" and s.backbone != "demo"
     batch, steps = (min(spec.batch_size, 8), 1) if cpu_vit else (spec.batch_size, 3)
     rows, total = [], 0.0

@@ -25,9 +25,12 @@ import methods
 from . import backbones, tracking
 from .catalog import Suite, Task, load_suite
 from .errors import UserError
-from .train import Diverged, TrainConfig, fit, resolve_device, seed_everything
-from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, open_storage, open_study,
-                   owner_alive, owner_id, study_name)
+from .train import Diverged, TrainConfig, fit, head_only, resolve_device, seed_everything
+from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, enqueue_defaults, open_storage,
+                   open_study, owner_alive, owner_id, study_name)
+
+
+RANDOM_INIT = "none"  # --pretrained none: a randomly initialised backbone, asked for explicitly
 
 
 class ProtocolError(RuntimeError):
@@ -47,6 +50,7 @@ class RunSpec:
     batch_size: int
     data_root: str | None
     pretrained: str | None
+    random_init: bool
     device: str
     out: Path
     storage: str | None
@@ -57,7 +61,7 @@ class RunSpec:
     fixed: dict[str, dict] = field(default_factory=dict)  # method -> hyperparameters fixed by --hparam
 
     def protocol(self) -> dict:
-        """What makes two final fits the same experiment (their ``run_key``), minus method/task/seed."""
+        """The protocol part of an experiment's identity (see ``Runner.experiment``)."""
         return {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
                 "batch_size": self.batch_size, "trials": self.trials}
 
@@ -88,8 +92,21 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def parse_value(text: str):
+    """A --hparam value as the hyperparameter takes it: an int, else a float, else the string;
+    the method's own check then says whether that hyperparameter takes it (``lora.alpha=0.5``
+    is a float although alpha's default is the int 8; ``lora.rank=0.5`` is refused by rank's
+    check, not by the type of its default)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
-    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, values typed like the defaults."""
+    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, each value checked by its method."""
     fixed: dict[str, dict] = {}
     for item in items:
         target, eq, text = item.partition("=")
@@ -99,12 +116,7 @@ def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
         if method not in method_names:
             raise UserError(f"--hparam {item!r}: method {method!r} is not among --methods "
                             f"({', '.join(method_names)})")
-        default = methods.get(method).defaults.get(name)
-        try:
-            value = type(default)(text) if isinstance(default, (int, float)) else text
-        except ValueError:
-            raise UserError(f"--hparam {item!r}: {name} takes a {type(default).__name__}") from None
-        fixed.setdefault(method, {})[name] = value
+        fixed.setdefault(method, {})[name] = parse_value(text)
     for method, hp in fixed.items():
         try:
             methods.get(method).resolve(**hp)
@@ -142,8 +154,15 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UserError(f"--data-root {args.data_root} does not exist or is not a folder")
-    if args.pretrained and not Path(args.pretrained).is_file():
-        raise UserError(f"pretrained weights file not found: {args.pretrained}")
+    pretrained, random_init = args.pretrained, args.pretrained == RANDOM_INIT
+    if random_init:
+        pretrained = None  # asked for explicitly: a randomly initialised backbone
+    elif pretrained is None and suite.backbone != "demo":
+        raise UserError(f"suite {suite.name} compares with published results of a pretrained "
+                        f"{suite.backbone}: pass --pretrained FILE (or --pretrained none to train a randomly "
+                        "initialised backbone on purpose)")
+    elif pretrained and not Path(pretrained).is_file():
+        raise UserError(f"pretrained weights file not found: {pretrained}")
     device = resolve_device(args.device)
     epochs = args.epochs or suite.recipe["epochs"]
     out = Path(args.out)
@@ -156,7 +175,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         trials=args.trials or suite.recipe["trials"], epochs=epochs,
         warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
-        pretrained=args.pretrained, device=device, out=out, storage=args.storage,
+        pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
         tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
         fixed=parse_fixed(args.hparam, method_names))
 
@@ -203,26 +222,44 @@ def open_stores(spec: RunSpec):
     return out, client, exp_id, storage
 
 
+def build_backbone(spec: RunSpec):
+    """The suite's backbone: from ``--pretrained FILE``, the demo's committed checkpoint, or
+    randomly initialised when the user asked for it (``--pretrained none``)."""
+    if spec.random_init:
+        if spec.suite.backbone == "demo":
+            return backbones.create_demo(pretrained=False)
+        return backbones.create_backbone(spec.suite.backbone)
+    return backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+
+
+def weights_file(spec: RunSpec) -> Path | None:
+    """The weights file the backbone was loaded from (None: random initialisation)."""
+    if spec.random_init:
+        return None
+    return Path(spec.pretrained) if spec.pretrained else backbones.DEMO_CHECKPOINT
+
+
 class Runner:
     """Holds what one `bench run` shares: backbone, stores, provenance."""
 
     def __init__(self, spec: RunSpec):
         self.spec = spec
-        self.backbone = backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+        self.backbone = build_backbone(spec)
         self.out, self.client, self.exp_id, self.storage = open_stores(spec)
         self.claims = Claims(self.storage)
         self.guard = SplitGuard(spec)
-        weights = spec.pretrained or (backbones.DEMO_CHECKPOINT if spec.suite.backbone == "demo" else None)
+        weights = weights_file(spec)
         self.provenance = {
             "backbone": spec.suite.backbone,
             "weights_file": str(weights) if weights else "random-init",
-            "weights_sha256": backbones.file_sha256(weights) if weights else "none",
+            "weights_sha256": backbones.file_sha256(weights) if weights else RANDOM_INIT,
             "git_commit": tracking.git_commit(),
             "device": spec.device,
             **tracking.package_versions(),
         }
         self._data_hashes: dict[str, str] = {}
         self._force_done: set[str] = set()
+        self._augment: dict[str, bool] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def data_hash(self, task: str) -> str:
@@ -243,10 +280,17 @@ class Runner:
         seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
         return methods.get(method).apply(self.backbone, num_classes=task.num_classes, **method_params)
 
+    def experiment(self, method: str) -> dict:
+        """The experiment a method's runs belong to: the protocol, the backbone and its weights,
+        and the hyperparameters fixed with --hparam (a variant). One leaderboard cell only ever
+        aggregates runs of one experiment (and one data hash); logged as the tag ``experiment``."""
+        return {**self.spec.protocol(), "backbone": self.provenance["backbone"],
+                "weights_sha256": self.provenance["weights_sha256"], "fixed": self.spec.fixed.get(method, {})}
+
     def _tags(self, phase: str, method: str, task: Task, seed: int) -> dict:
         return {"phase": phase, "suite": self.spec.suite.name, "method": method, "task": task.name,
                 "group": task.group, "seed": seed, "git_commit": self.provenance["git_commit"],
-                "owner": owner_id()}
+                "owner": owner_id(), tracking.EXPERIMENT_TAG: json.dumps(self.experiment(method), sort_keys=True)}
 
     def _reap(self, tags: dict) -> None:
         """Mark FAILED the RUNNING runs matching ``tags`` whose worker process is gone."""
@@ -254,6 +298,16 @@ class Runner:
             if not owner_alive(run.data.tags.get("owner", "")):
                 self.client.set_tag(run.info.run_id, "failure_reason", "worker died (found RUNNING on restart)")
                 self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def _augments(self, method: str) -> bool:
+        """Whether the method trains on the suite's training transform. Not the linear probe: it
+        trains on features computed once per split, and features of one random crop reused every
+        epoch would pretend to be augmentation, so it reads the eval transform (FGVC: center crop)."""
+        if method not in self._augment:
+            probe = methods.get(method).apply(self.backbone, num_classes=1,
+                                              **self._split_params(self.defaults(method))[1])
+            self._augment[method] = not head_only(probe)
+        return self._augment[method]
 
     def defaults(self, method: str) -> dict:
         """The recipe's common defaults, the method's defaults and what --hparam fixed."""
@@ -270,7 +324,8 @@ class Runner:
     def _study(self, method: str, task: Task):
         name = study_name(self.spec.suite.name, method, task.name, self.spec.fixed.get(method))
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        return open_study(self.storage, name, seed=seed, force=self.spec.force and not self._forced(name))
+        return open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
+                          force=self.spec.force and not self._forced(name))
 
     def _forced(self, name: str) -> bool:
         """--force restarts a study once per process, not again when the second pass reopens it."""
@@ -282,17 +337,18 @@ class Runner:
         """Run the study's unclaimed trial slots (other workers may be running the rest)."""
         s = self.spec
         study = self._study(method, task)
-        if not study.trials:
-            study.enqueue_trial(self.defaults(method), skip_if_exists=True)
         self._reap({"phase": tracking.PHASE_TRIAL, "method": method, "task": task.name})
         self.guard.phase = "tune"
+        augment = self._augments(method)
         train_ds = val_ds = None
         for slot, key in enumerate(self._slot_keys(study)):
             if not self.claims.acquire(key, force=s.force):
                 continue
             try:
+                if slot == 0:  # the first slot's owner alone enqueues the recipe defaults
+                    enqueue_defaults(study, self.defaults(method))
                 if train_ds is None:
-                    train_ds = self.guard.open(task.name, s.suite.splits.tune_train, train=True)
+                    train_ds = self.guard.open(task.name, s.suite.splits.tune_train, train=augment)
                     val_ds = self.guard.open(task.name, s.suite.splits.tune_val)
                 trial = study.ask()
                 trial.set_user_attr("owner", owner_id())
@@ -381,16 +437,18 @@ class Runner:
         return {k: v for k, v in summary.items() if v is not None}
 
     # -- final fits ------------------------------------------------------------------------------
-    def run_key(self, method: str, task: Task, seed: int) -> str:
-        ident = {**self.spec.protocol(), "method": method, "task": task.name, "seed": seed,
-                 "weights_sha256": self.provenance["weights_sha256"]}
-        if self.spec.fixed.get(method):
-            ident["fixed"] = self.spec.fixed[method]
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    def run_key(self, method: str, task: Task, seed: int, hparams: dict) -> str:
+        """What a final fit is: its experiment, method, task, data, seed and every hyperparameter it
+        trains with. A re-tune that picks other hyperparameters is another fit (and checkpoint)."""
+        ident = {**self.experiment(method), "method": method, "task": task.name, "seed": seed,
+                 "data_sha256": self.data_hash(task.name), "hparams": hparams}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def final(self, method: str, task: Task, seed: int, params: dict, source: str) -> float | None:
         """One final fit; returns its test accuracy, or None when it was done before or elsewhere."""
-        key = self.run_key(method, task, seed)
+        common, specific = self._split_params(params)
+        hparams = {**common, **methods.get(method).resolve(**specific)}
+        key = self.run_key(method, task, seed, hparams)
         if not self.spec.force and tracking.find_runs(self.client, self.exp_id, {"run_key": key}):
             return None
         # MLflow is the record of what is done; a claim only stops two workers doing it at once.
@@ -403,15 +461,15 @@ class Runner:
         self._reap({"run_key": key})
         self.guard.phase = "final"
         try:
-            common, specific = self._split_params(params)
             model = self._model(method, task, specific, seed)
-            train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train, train=True)
+            train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train,
+                                       train=self._augments(method))
             test_ds = self.guard.open(task.name, self.spec.suite.splits.test)
             tags = {**self._tags(tracking.PHASE_FINAL, method, task, seed), "run_key": key,
                     "best_params_from": source}
             desc = f"{method}/{task.name} seed {seed}"
             with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
-                                     {**common, **methods.get(method).resolve(**specific), **self.provenance,
+                                     {**hparams, **self.provenance,
                                       "method": method, "task": task.name, "seed": seed,
                                       "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
                 def on_epoch(epoch: int, metrics: dict) -> None:
@@ -483,7 +541,7 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
 
     # check the weights and create the stores once, here, so that the workers never race to
     # initialise them and a user error shows once
-    backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+    build_backbone(spec)
     open_stores(spec)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "BENCH_WORKER": "1"}
     cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
@@ -525,7 +583,7 @@ def main_run(args: argparse.Namespace) -> int:
         from . import report
 
         report.main(argparse.Namespace(suite=spec.suite.name, tracking_uri=spec.tracking_uri,
-                                       out=args.report_dir, debug=False))
+                                       out=args.report_dir or str(spec.out), debug=False))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 One experiment per suite (``peft-bench/<suite>``); one run per (method, task, seed, phase).
 Tags (strings): phase ("trial" | "final"), suite, method, task, group, seed, git_commit,
-study, trial_number (trials only).
+experiment (JSON of what makes runs one experiment: suite, epochs, warmup_epochs, batch_size,
+trials, backbone, weights_sha256, fixed hyperparameters), run_key (final fits), study,
+trial_number (trials only).
 Params: every hyperparameter (method-specific and common), method, task, seed, backbone,
 weights_sha256, data_sha256, git_commit, versions of torch/timm/optuna/mlflow.
 Metrics: per epoch ``train_loss``, ``lr``, ``val_acc`` (trials) with step=epoch; at the end
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 EXPERIMENT_PREFIX = "peft-bench/"
+EXPERIMENT_TAG = "experiment"  # JSON: protocol, backbone, weights hash, fixed hyperparameters
 PHASE_TRIAL = "trial"
 PHASE_FINAL = "final"
 

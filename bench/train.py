@@ -1,7 +1,7 @@
 """The training loop shared by tuning trials, final fits and `bench perf`.
 
-One recipe for every method (so numbers are comparable): AdamW with no weight decay on biases,
-norms and the methods' scale/shift/prompt tensors, a per-step cosine schedule with linear warmup
+One recipe for every method (so numbers are comparable): AdamW with weight decay where each
+method's official code applies it (``Method.decays``), a per-step cosine schedule with linear warmup
 (timm's scheduler), bf16 autocast on GPU, deterministic seeding, one tqdm bar per run.
 A head-only model (the linear probe) trains on backbone features computed once per split.
 """
@@ -88,14 +88,27 @@ def peak_memory_mb(device: str) -> float:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
-    """AdamW over trainable tensors; decay only where ``methods.wants_weight_decay`` says so."""
+    """AdamW over trainable tensors; ``weight_decay`` only where the model's method decays them
+    (``Method.decays``: the rule of the method's official code), none elsewhere."""
+    method = methods.get(model.peft_method)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for n, p in model.named_parameters():
         if p.requires_grad:
-            (decay if methods.wants_weight_decay(p) else no_decay).append(p)
+            (decay if method.decays(model, n, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
                              fused=device.startswith("cuda"))
+
+
+def cosine_schedule(optimizer, lr: float, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
+    """Linear warmup for ``warmup_steps``, then a cosine that reaches 0 at step ``total_steps``:
+    with ``warmup_prefix`` timm runs the cosine for ``t_initial`` steps AFTER the warmup, so the
+    whole schedule lasts warmup + t_initial = total steps (as the official RLRR code reaches its
+    minimum within its budget). Stepped once per optimizer step (``step_update``)."""
+    warmup_steps = min(warmup_steps, total_steps - 1)
+    return CosineLRScheduler(optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=0.0,
+                             warmup_t=warmup_steps, warmup_lr_init=lr * 1e-3 if warmup_steps else lr,
+                             warmup_prefix=True, t_in_epochs=False)
 
 
 def head_only(model: nn.Module) -> bool:
@@ -240,8 +253,11 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     if device.startswith("cuda"):
         model.to(memory_format=torch.channels_last)
     features = head_only(model)
+    extract_seconds = 0.0
     if features:  # linear probe: one backbone pass per split, then train the head alone
+        start = time.perf_counter()
         train_ds = extract_features(model, train_ds, cfg.batch_size, device, cfg.workers)
+        extract_seconds = time.perf_counter() - start  # counted in its training time (throughput)
         if eval_ds is not None:
             eval_ds = extract_features(model, eval_ds, cfg.batch_size, device, cfg.workers)
     step_fn = model.head if features else model
@@ -252,12 +268,9 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=0.0,
-                                  warmup_t=cfg.warmup_epochs * steps_per_epoch,
-                                  warmup_lr_init=cfg.lr * 1e-3 if cfg.warmup_epochs else cfg.lr,
-                                  warmup_prefix=True, t_in_epochs=False)
+    scheduler = cosine_schedule(optimizer, cfg.lr, total_steps, cfg.warmup_epochs * steps_per_epoch)
     result = FitResult()
-    train_seconds = 0.0
+    train_seconds = extract_seconds
     images = 0
     step = 0
     start_epoch = 0
@@ -277,6 +290,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
             for i, (x, y) in enumerate(loader, 1):
                 data_wait += time.perf_counter() - ready  # time the step waited for its batch
                 x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+                lr_used = optimizer.param_groups[0]["lr"]
                 loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
                 seen += y.numel()
                 step += 1
@@ -291,7 +305,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             images += seen
-            metrics = {"train_loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
+            metrics = {"train_loss": mean_loss, "lr": lr_used,  # the lr of the epoch's last step
                        "data_wait_frac": data_wait / max(epoch_seconds, 1e-9)}
             last = epoch == cfg.epochs - 1
             if eval_ds is not None and (eval_every_epoch or last):

@@ -99,9 +99,13 @@ def study_name(suite: str, method: str, task: str, fixed: dict | None = None) ->
     return f"{suite}.{method}{variant}.{task}"
 
 
-def open_study(storage, name: str, seed: int, force: bool = False) -> optuna.Study:
+def open_study(storage, name: str, seed: int, warmup_epochs: int = 0, force: bool = False) -> optuna.Study:
     """Create or load the study; ``force`` starts it afresh. Trials of dead local workers that
-    were left RUNNING are marked FAIL so they are not mistaken for live ones."""
+    were left RUNNING are marked FAIL so they are not mistaken for live ones.
+
+    The pruner never prunes inside the lr warm-up: a trial reports its validation accuracy after
+    every epoch (step = epoch index), and the first step it may be pruned at is ``warmup_epochs``,
+    the first epoch after the warm-up (pruning while the lr still ramps up favours large lrs)."""
     if force:
         try:
             optuna.delete_study(study_name=name, storage=storage)
@@ -109,11 +113,24 @@ def open_study(storage, name: str, seed: int, force: bool = False) -> optuna.Stu
             pass
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=TrialSeededTPE(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2,
+                                                                   n_warmup_steps=max(warmup_epochs, 1)))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not owner_alive(t.user_attrs.get("owner", "")):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return study
+
+
+def enqueue_defaults(study: optuna.Study, params: dict) -> None:
+    """Enqueue the recipe-default trial unless a live or finished trial already has these params.
+    Called only by the worker that holds the study's first trial slot, so concurrent workers
+    never enqueue it twice (``skip_if_exists`` alone is check-then-act, and it would also count a
+    FAILED trial of a dead worker, losing the default trial for good)."""
+    live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    if any(t.system_attrs.get("fixed_params", t.params) == params
+           for t in study.get_trials(deepcopy=False, states=live)):
+        return
+    study.enqueue_trial(params)
 
 
 def best_params(study: optuna.Study) -> tuple[dict, str]:

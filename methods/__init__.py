@@ -1,4 +1,4 @@
-"""The registry of PEFT methods: ``names()``, ``get(name)``, ``NotMergeable``.
+"""The registry of PEFT methods: ``names()``, ``get(name)``, ``NotMergeable``, ``decays_backbone(name)``.
 
 Every module in this package is imported here, so a method registered with ``@register`` in a
 new module is available everywhere without touching any other file.
@@ -10,11 +10,10 @@ from .base import (  # noqa: F401
     Method,
     NotMergeable,
     count_trainable,
+    decays_backbone,
     get,
-    mark_no_weight_decay,
     names,
     register,
-    wants_weight_decay,
 )
 
 for _info in pkgutil.iter_modules(__path__):

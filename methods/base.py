@@ -4,6 +4,15 @@ A method is a small object with one contract (like an Optuna sampler): ``apply``
 VisionTransformer, ``search_space`` suggests its own hyperparameters from an Optuna trial,
 ``merge`` folds what it added back into a plain timm model. Registering a subclass with
 ``@register`` is all it takes for the CLI, the runner and the tests to pick it up.
+
+Weight decay follows each method's official code: ``Method.decays(model, name, param)`` says
+whether the optimizer decays one trainable tensor (``bench.train.make_optimizer`` asks it). The
+default is timm's rule (``param_groups_weight_decay``: dongzelian/SSF ``optim_factory.py``, and
+timm 0.5.4's ``create_optimizer`` in ZhangYuanhan-AI/NOAH ``supernet_train_prompt.py``): no
+decay for 1-d tensors, ``.bias`` names and ``model.no_weight_decay()`` (``pos_embed``,
+``cls_token`` ...); every other tensor, the head's weight included, is decayed.
+Methods whose official optimizer differs override it (rlrr, vpt) and say why with its source.
+``decays_backbone(name)`` tells whether a method decays anything besides the head.
 """
 from __future__ import annotations
 
@@ -42,15 +51,10 @@ def get(name: str) -> "Method":
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(names())}") from None
 
 
-def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
-    """Flag a parameter (scale, shift, prompt ...) that the optimizer must not decay."""
-    param._no_weight_decay = True
-    return param
-
-
-def wants_weight_decay(param: nn.Parameter) -> bool:
-    """Biases, norm affines (all 1-d) and flagged method tensors get no weight decay."""
-    return param.ndim > 1 and not getattr(param, "_no_weight_decay", False)
+def decays_backbone(name: str) -> bool:
+    """Whether method ``name`` applies weight decay to any trainable tensor besides the head
+    (if not, the weight decay acts on the head alone)."""
+    return get(name).decays_backbone
 
 
 def count_trainable(model: nn.Module, exclude_head: bool = True) -> int:
@@ -70,6 +74,7 @@ class Method:
     mergeable: bool = True
     defaults: dict[str, Any] = {}
     help: dict[str, str] = {}  # hyperparameter -> one-line description
+    decays_backbone: bool = True  # does ``decays`` hold for any trainable tensor besides the head?
 
     # -- hyperparameters -------------------------------------------------------------------
     def resolve(self, **hparams: Any) -> dict[str, Any]:
@@ -89,6 +94,13 @@ class Method:
         """Method-specific hyperparameters suggested from an ``optuna.Trial``."""
         return {}
 
+    # -- optimizer -------------------------------------------------------------------------
+    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
+        """Whether the optimizer applies weight decay to the trainable tensor ``name`` of
+        ``model`` (named as in ``model.named_parameters()``). timm's rule by default: not for
+        1-d tensors, ``.bias`` names and the model's ``no_weight_decay()`` names."""
+        return not (param.ndim <= 1 or name.endswith(".bias") or name in model.no_weight_decay())
+
     # -- adapt / merge ---------------------------------------------------------------------
     def apply(self, model: nn.Module, num_classes: int, **hparams: Any) -> nn.Module:
         """Adapt a copy of ``model``: freeze what the method freezes, insert what it adds and
@@ -98,8 +110,11 @@ class Method:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         model = copy.deepcopy(model)
         model.requires_grad_(False)
-        self._adapt(model, **hp)
+        # The head first: its init draws the first random numbers after the caller's seed, so it
+        # is the same for every method of one seed; the method's own init draws the next ones.
         model.reset_classifier(num_classes)
+        self._adapt(model, **hp)
+        model.train(model.training)  # inserted modules (dropouts ...) take the model's mode
         model.head.requires_grad_(True)
         model.peft_method = self.name
         model.peft_hparams = hp

@@ -1,9 +1,16 @@
-"""Full fine-tuning: every backbone tensor is trained (the upper reference of the benchmark)."""
+"""Full fine-tuning: every backbone tensor is trained (the upper reference of the benchmark).
+
+Weight decay: timm's rule (``Method.decays``), as in the full fine-tuning runs of
+dongzelian/SSF ``train.py`` (``optim_factory.py`` ``param_groups_weight_decay``): every weight
+matrix, not the 1-d tensors (biases, norm affines) nor ``model.no_weight_decay()`` (class token,
+position embedding). The VTAB "full" row the papers print comes from VPT, whose
+KMnP/vpt ``src/solver/optimizer.py`` decays every tensor but the head's bias; not followed here.
+"""
 from __future__ import annotations
 
 import torch.nn as nn
 
-from .base import Method, mark_no_weight_decay, register
+from .base import Method, register
 
 
 @register
@@ -15,8 +22,3 @@ class Full(Method):
 
     def _adapt(self, model: nn.Module) -> None:
         model.requires_grad_(True)
-        # timm's own list (class token, position embedding): decaying them hurts, as in timm.
-        for attr in model.no_weight_decay():
-            param = getattr(model, attr, None)
-            if isinstance(param, nn.Parameter):
-                mark_no_weight_decay(param)

@@ -1,4 +1,7 @@
-"""Linear probing: the backbone stays frozen, only the new head is trained."""
+"""Linear probing: the backbone stays frozen, only the new head is trained.
+
+Weight decay: the head's weight, not its bias (timm's rule; KMnP/vpt ``src/solver/optimizer.py``
+exempts the same ``last_layer.bias``)."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -12,6 +15,7 @@ class Linear(Method):
     defaults = {}
     help = {}
     mergeable = True  # nothing is added: the model is already plain
+    decays_backbone = False  # nothing trains but the head
 
     def _adapt(self, model: nn.Module) -> None:
         """Nothing to insert; ``apply`` froze the backbone and adds the trainable head."""

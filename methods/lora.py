@@ -1,4 +1,11 @@
-"""LoRA (Hu et al., ICLR 2022) on the query and value projections of every block."""
+"""LoRA (Hu et al., ICLR 2022) on the query and value projections of every block.
+
+Weight decay: A and B are decayed (timm's rule, ``Method.decays``'s default). NOAH runs LoRA with
+timm's ``create_optimizer`` (ZhangYuanhan-AI/NOAH ``supernet_train_prompt.py``,
+``configs/LoRA/VTAB/slurm_train_lora_vtab.sh`` weight decay 1e-4), which decays every tensor of
+more than one dimension, ``LoRA_a`` / ``LoRA_b`` included; huggingface/peft leaves the optimizer
+to the trainer, whose default (transformers ``Trainer``) also decays all but biases and norms.
+"""
 from __future__ import annotations
 
 import math

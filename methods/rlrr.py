@@ -2,6 +2,17 @@
 
 For a Linear with weight W (out x in) and bias b: W' = W + W * (s_out s_in^T), b' = b + t,
 plus SSF after norm1, norm2, the patch embedding and the final norm.
+
+Weight decay, as the official code applies it: zstarN70/RLRR ``models/networks.py``
+``RLRRVisionTransformer.get_parameters`` (AdamW; ``RLRRDatasets/VTABConfig.py`` weight_decay per
+task) exempts the parameter names containing ``bias`` or ``norm`` and decays all others. Its
+names, by role (``train_vtab.py`` trains the names with ``head``, ``scale`` or ``shift``):
+``scale_col`` (s_in) and ``scale_line`` (s_out) are decayed; ``shift_bias`` (t) is not;
+the SSF after norm1, norm2 and the final norm (``ssf_scale_attn_norm``, ``..._ffn_norm``,
+``..._enc_norm`` and their shifts) is not; the SSF after the patch embedding
+(``ssf_scale_patch``, ``ssf_shift_patch``) is decayed; ``head.weight`` is, ``head.bias`` is not.
+``RLRR.decays`` applies that by role, not to our own names (``blocks.0.attn.qkv.t`` has no
+``bias`` in it, ``patch_embed.proj.scale`` no ``norm``).
 """
 from __future__ import annotations
 
@@ -9,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, QKV, QKV_GROUPS, Mergeable, block_paths,
+from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, PATCH_CONV, QKV, QKV_GROUPS, Mergeable, block_paths,
                    merge_wrappers, wrap)
-from .base import Method, mark_no_weight_decay, register
+from .base import Method, register
 from .ssf import add_ssf, stem_and_final_norm
 
 
@@ -63,8 +74,8 @@ class RLRRLinear(Mergeable):
         self.base, self.groups = base, groups
         w = base.weight
         # kaiming-uniform with a=0: bound sqrt(6 / fan_in), fan_in = the second dimension
-        self.s_in = mark_no_weight_decay(nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(groups, in_features))))
-        self.s_out = mark_no_weight_decay(nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(out_features, 1))))
+        self.s_in = nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(groups, in_features)))
+        self.s_out = nn.Parameter(nn.init.kaiming_uniform_(w.new_empty(out_features, 1)))
         self.t = nn.Parameter(w.new_zeros(out_features))
 
     def weight(self) -> torch.Tensor:
@@ -99,6 +110,18 @@ class RLRR(Method):
     defaults = {}
     help = {}
     mergeable = True
+
+    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
+        """The official rule by role (see the module docstring): the rank-1 scales and the patch
+        embedding's SSF are decayed; the bias shifts and the SSF after the norms are not."""
+        module, _, leaf = name.rpartition(".")
+        if leaf in ("s_in", "s_out"):
+            return True
+        if leaf == "t":
+            return False
+        if leaf in ("scale", "shift"):
+            return module == PATCH_CONV
+        return super().decays(model, name, param)  # the head: weight decayed, bias not
 
     def _adapt(self, model: nn.Module) -> None:
         wrap(model, block_paths(model, *BLOCK_LINEARS),

@@ -1,6 +1,11 @@
 """SSF (Lian et al., NeurIPS 2022): a learned per-channel scale and shift after each operation.
 
 ``SSF`` is also what rlrr puts after its norms and the patch embedding.
+
+Weight decay: none on the scales and shifts. dongzelian/SSF ``train.py`` builds its optimizer
+with ``optim_factory.py`` ``create_optimizer_v2`` -> ``param_groups_weight_decay``, timm's rule,
+which exempts every 1-d tensor: ``ssf_scale_*`` / ``ssf_shift_*`` are 1-d, so only the head's
+weight is decayed. That is ``Method.decays``'s default.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch.nn as nn
 
 from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, PATCH_CONV, Mergeable, block_paths,
                    final_norm_path, merge_wrappers, wrap)
-from .base import Method, mark_no_weight_decay, register
+from .base import Method, register
 
 
 class SSF(Mergeable):
@@ -26,8 +31,8 @@ class SSF(Mergeable):
         channels = weight.shape[0]
         self.inner = inner
         self.channel_dim = 1 if isinstance(inner, nn.Conv2d) else -1
-        self.scale = mark_no_weight_decay(nn.Parameter(weight.new_empty(channels)))
-        self.shift = mark_no_weight_decay(nn.Parameter(weight.new_empty(channels)))
+        self.scale = nn.Parameter(weight.new_empty(channels))
+        self.shift = nn.Parameter(weight.new_empty(channels))
         nn.init.normal_(self.scale, 1.0, 0.02)
         nn.init.normal_(self.shift, 0.0, 0.02)
 
@@ -64,6 +69,7 @@ class SSFMethod(Method):
     defaults = {}
     help = {}
     mergeable = True
+    decays_backbone = False  # its scales and shifts are 1-d: timm's rule exempts them
 
     def _adapt(self, model: nn.Module) -> None:
         add_ssf(model, block_paths(model, *BLOCK_LINEARS, *BLOCK_NORMS) + stem_and_final_norm(model))

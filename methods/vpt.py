@@ -3,6 +3,10 @@
 Each block is wrapped in a ``PromptedBlock``, so every path timm runs block by block
 (``forward_features``, ``checkpoint_seq`` under grad checkpointing, ``forward_intermediates``)
 goes through the prompts.
+
+Weight decay: the prompts are decayed. KMnP/vpt ``src/solver/optimizer.py`` ``make_optimizer``
+(SGD, ``configs/base-prompt.yaml`` WEIGHT_DECAY 1e-4) gives every trainable tensor the weight
+decay except ``last_layer.bias``, the head's bias (our ``head.bias``).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_choice, check_float, check_int
-from .base import Method, mark_no_weight_decay, register
+from .base import Method, register
 
 MODES = ("deep", "shallow")
 
@@ -68,6 +72,9 @@ class VPT(Method):
         return {"num_prompts": trial.suggest_categorical("num_prompts", [1, 5, 10, 20, 50]),
                 "prompt_dropout": trial.suggest_categorical("prompt_dropout", [0.0, 0.1])}
 
+    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
+        return name != "head.bias"  # VPT's optimizer: everything but the head's bias
+
     def _adapt(self, model: nn.Module, mode: str, num_prompts: int, prompt_dropout: float) -> None:
         conv = model.patch_embed.proj
         # uniform +-sqrt(6 / (fan_in + fan_out)) of the patch projection (VPT's Xavier choice)
@@ -76,8 +83,8 @@ class VPT(Method):
         for i in range(depth):
             prompts = None
             if deep or i == 0:
-                prompts = mark_no_weight_decay(nn.Parameter(
-                    conv.weight.new_empty(num_prompts, model.embed_dim).uniform_(-bound, bound)))
+                prompts = nn.Parameter(
+                    conv.weight.new_empty(num_prompts, model.embed_dim).uniform_(-bound, bound))
             drop_after = num_prompts if deep or i == depth - 1 else 0
             model.blocks[i] = PromptedBlock(model.blocks[i], model.num_prefix_tokens, prompts,
                                             drop_after, prompt_dropout)

@@ -31,13 +31,15 @@ TINY = catalog.Suite(
 
 
 def log_run(client, exp_id, method, task, seed, acc, *, params_backbone, head=0, img_s=100.0, mem=500.0,
-            mode=None, commit="abc123", phase=tracking.PHASE_FINAL, status="FINISHED", group=""):
+            mode=None, commit="abc123", phase=tracking.PHASE_FINAL, status="FINISHED", group="",
+            params=None, tags=None):
     """One run as the runner logs it: tags, params, end-of-run metrics, then its final status."""
     start = next(_CLOCK)
     tags = {"phase": phase, "suite": "x", "method": method, "task": task, "group": group,
-            "seed": str(seed), "git_commit": commit}
+            "seed": str(seed), "git_commit": commit, **(tags or {})}
     run_id = client.create_run(exp_id, start_time=start, tags=tags).info.run_id
-    params = [Param("method", method), Param("seed", str(seed))] + ([Param("mode", mode)] if mode else [])
+    params = ([Param("method", method), Param("seed", str(seed))] + ([Param("mode", mode)] if mode else [])
+              + [Param(k, str(v)) for k, v in (params or {}).items()])
     metrics = {tracking.TEST_ACC: acc, tracking.PARAMS_BACKBONE: params_backbone,
                tracking.PARAMS_TOTAL: params_backbone + head, tracking.TRAIN_IMG_PER_S: img_s,
                tracking.PEAK_MEM_MB: mem}
@@ -123,6 +125,13 @@ def empty_store(tmp_path_factory):
     return uri
 
 
+@pytest.fixture(autouse=True)
+def no_checkout(monkeypatch):
+    """Render as an installed copy would (no git checkout): the current commit is that of the
+    newest final run. ``test_stale_against_the_checkout`` sets a checkout commit instead."""
+    monkeypatch.setattr(tracking, "git_commit", lambda: "unknown")
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     """The catalog knows the tiny suite too (only for load_suite; it is not a listed suite)."""
@@ -147,28 +156,32 @@ def render(capsys, store, tmp_path, suite):
 # The tiny suite, worked by hand: full digits (90, 92) -> 91.0 ± 1.4; Natural mean (91 + 72) / 2;
 # Mean (91 + 72 + 60 + 52) / 4 = 68.75; PPT 0.6875 * exp(-log10(1.025e6 / 1e7 + 1)) = 0.659.
 # lora has no dist run: "-", ‡ and a note; its 3-task means are not ranked (no bold).
+# full's digits seed 3 FAILED and was never redone: "§" and a note; full's means are not ranked.
+# linear's throughput (a linear probe) is never ranked. vpt shallow (not the default mode) is its own row.
 # Not counted: the superseded 10.0, the FAILED and RUNNING final runs and the trial (all 99.9).
 EXPECTED_TINY = """\
 # Tiny leaderboard
 
-Rendered by `bench report` from 34 finished final runs in the MLflow experiment `peft-bench/tiny` (5 methods, 4 tasks). Current commit: abc123.
+Rendered by `bench report` from 34 finished final runs in the MLflow experiment `peft-bench/tiny` (5 rows, 4 tasks). Current commit: abc123.
 
-| Method        | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
-|---------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
-| full          | 2       | 91.0 ± 1.4     | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | **68.8**         | **68.8**                | 1.000                 | 1.025                    | **0.659** | 100.0         | 900             |
-| linear        | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | 53.0                    | **0.000**             | **0.025**                | 0.529     | **400.0**     | **300**         |
-| lora ‡        | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | 72.5                    | 0.050                 | 0.070                    | 0.754     | 150.0         | 700             |
-| vpt (deep)    | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | 63.0             | 63.0                    | 0.020                 | 0.045                    | 0.629     | 120.0         | 800             |
-| vpt (shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
+| Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
+|--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
+| full               | 2       | 91.0 ± 1.4 §   | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | 68.8             | 68.8                    | 1.000                 | 1.025                    | 0.659     | 100.0         | 900             |
+| linear             | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | 53.0                    | **0.000**             | **0.025**                | 0.529     | 400.0         | **300**         |
+| lora ‡             | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | 72.5                    | 0.050                 | 0.070                    | 0.754     | **150.0**     | 700             |
+| vpt                | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | **63.0**         | **63.0**                | 0.020                 | 0.045                    | **0.629** | 120.0         | 800             |
+| vpt (mode=shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
 
 - Cells: top-1 test accuracy (%) at the last epoch, mean ± sample std (ddof=1) over seeds; a single seed shows its value alone. Seeds: seeds per cell (a range when the row's cells differ). A (method, task, seed) fitted more than once counts once: its latest run.
 - Mean (4 tasks): mean over the task columns; Natural mean, Structured mean: mean over the group's task columns; Mean of 2 group means: mean of those 2. A method's means are over the tasks it has runs for.
 - Params (M, no head): trainable parameters without the classifier head (params_backbone); Params (M, with heads): trainable parameters with the head, averaged over tasks (params_total).
 - PPT (V-PETL Bench performance-parameter trade-off) = Mean / 100 × exp(−log10(P / 10^7 + 1)), Mean = Mean (4 tasks) in %, P = trainable parameters with heads.
-- Train img/s: training throughput; Peak mem (MB): peak memory; both averaged over the method's runs.
-- Bold: the best value of each column of ours (highest accuracy, PPT and throughput; lowest params and memory); a mean over fewer tasks than the column's (‡) is not ranked.
+- Train img/s: training images per second of training wall time (a linear probe's includes its one pass of feature extraction per split, then trains the head on cached features: not comparable with backpropagating methods, so never ranked); Peak mem (MB): peak memory (GPU only); both averaged over the method's runs.
+- Bold: the best value of each column of ours (highest accuracy, PPT and throughput; lowest params and memory); a mean over fewer tasks (‡) or with failed seeds (§) is not ranked.
+- Rows named 'method (...)' are experiments other than the suite's main one (that of most final runs): what differs is in the brackets (fixed hyperparameters, protocol, weights, data); their runs never join another row's cells.
 - ‡ lora: no finished final run for dist; its means are over 3 of 4 tasks.
-- Not counted: 1 final run(s) superseded by a later run of the same method, task and seed.
+- § full/digits: 1 seed(s) failed and not redone: seed 3 (no reason recorded); the cell is over the seeds that finished.
+- Not counted: 1 final run(s) superseded by a later run of the same experiment, method, task and seed.
 
 ![Mean accuracy vs trainable parameters](tiny_params.png)
 """
@@ -218,14 +231,16 @@ def test_vtab_paper_column_and_delta(store, capsys, tmp_path):
     # rlrr ran 4 tasks: Δ = mean of (80.5 - 75.6, 80.5 - 72.9, 80.5 - 95.2, 80.5 - 79.7) = -0.35
     assert rows["rlrr ‡"]["paper"] == "74.5" and rows["rlrr ‡"]["Δ"] == "-0.4"
     assert "Δ of rlrr: mean over its 4 tasks" in md
-    # lora: only the 19-task mean is published, so no Δ for 4 tasks
-    assert rows["lora ‡"]["paper"] == "72.3" and rows["lora ‡"]["Δ"] == "-"
+    # lora (NOAH's per-task row): Δ over its 4 tasks = mean(60-67.1, 60-69.4, 60-95.3, 50-82.9) = -21.2
+    assert rows["lora ‡"]["paper"] == "72.3" and rows["lora ‡"]["Δ"] == "-21.2"
+    # under which protocol the paper's numbers were obtained (item 12 of issue 11)
+    assert "Protocol of the paper column:" in md and "best epoch" in md and "110 epochs" in md
     # ssf_star is another protocol: never ssf's reference
     assert rows["ssf ‡"]["paper"] == "-"
     assert "ssf (only ssf_star, another protocol)" in md
     # one variant in the suite: one row "adapter"/"vpt", still compared with its variant's row
     assert rows["adapter ‡"]["paper"] == "72.3" and "adapter → adaptformer" in md
-    assert rows["vpt ‡"]["paper"] == "64.9" and "vpt → vpt_shallow" in md
+    assert rows["vpt (mode=shallow) ‡"]["paper"] == "64.9" and "vpt (mode=shallow) → vpt_shallow" in md
     assert "| ssf_star        | other: SSF-style augmentation |" in md
     # group means and both overall means of rlrr: 80.5 everywhere, params 0.289 M
     assert rows["rlrr ‡"]["cifar"] == "**80.5 ± 0.7**" and rows["rlrr ‡"]["caltech101"] == "-"
@@ -238,7 +253,7 @@ def test_vtab_stale_cells_are_marked(store, capsys, tmp_path):
     assert rows["lora ‡"]["clevr_count"] == "50.0 †"
     assert rows["lora ‡"]["cifar"] == "60.0"
     assert "Current commit: new111." in md
-    assert "† the cell has runs from another commit (old000) than the suite's current commit new111" in md
+    assert "† stale: the cell has runs from another commit (old000) than the current commit new111" in md
     assert md.count("†") == 2
 
 
@@ -301,3 +316,111 @@ def test_unreadable_store_is_one_line(capsys, tmp_path):
     db.write_text("not a database")
     err = one_line_error(capsys, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out"))
     assert "cannot read MLflow store" in err
+
+
+# --------------------------------------------------------------------------- issue 11: trust
+
+def _identity(epochs=4, weights="a" * 64, data=None, **extra):
+    return {"epochs": epochs, "warmup_epochs": 1, "batch_size": 64, "trials": 2, "backbone": "demo",
+            "weights_sha256": weights, "data_sha256": data or "d" * 64, **extra}
+
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    """lora's main experiment (2 seeds per task) and, on the same tasks and seeds, runs that must
+    never join its cells: a later --epochs 1 smoke run, a --hparam lora.rank=4 variant, other
+    weights, other data, a randomly initialised backbone."""
+    import json
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("tiny"))
+    for task in ("digits", "count"):
+        for seed, acc in ((1, 80.0), (2, 82.0)):
+            log_run(client, exp, "lora", task, seed, acc, params_backbone=100, params=_identity())
+            log_run(client, exp, "full", task, seed, 70.0, params_backbone=1000, params=_identity())
+    log_run(client, exp, "lora", "digits", 1, 10.0, params_backbone=100, params=_identity(epochs=1))
+    log_run(client, exp, "lora", "digits", 1, 20.0, params_backbone=50, params=_identity(),
+            tags={tracking.EXPERIMENT_TAG: json.dumps({"fixed": {"rank": 4}})})
+    log_run(client, exp, "lora", "digits", 2, 30.0, params_backbone=100, params=_identity(weights="b" * 64))
+    log_run(client, exp, "lora", "count", 2, 40.0, params_backbone=100, params=_identity(data="e" * 64))
+    log_run(client, exp, "lora", "count", 1, 5.0, params_backbone=100, params=_identity(weights="none"))
+    return uri
+
+
+def test_cells_never_mix_experiments(mixed_store, tiny, capsys, tmp_path):
+    rows = first_table(render(capsys, mixed_store, tmp_path, "tiny"))
+    assert rows["lora"]["digits"] == "**81.0 ± 1.4**" and rows["lora"]["count"] == "**81.0 ± 1.4**"
+    assert rows["lora (epochs=1) ‡"]["digits"] == "10.0"
+    assert rows["lora (rank=4) ‡"]["digits"] == "20.0"
+    assert rows["lora (weights=bbbbbbbb) ‡"]["digits"] == "30.0"
+    assert rows["lora (data=eeeeeeee) ‡"]["count"] == "40.0"
+    assert rows["lora (random init) ‡"]["count"] == "5.0"
+    assert rows["full"]["digits"] == "70.0 ± 0.0"
+
+
+def test_a_randomly_initialised_backbone_is_always_marked(tmp_path, tiny, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("tiny"))
+    for task in ("digits", "count"):
+        log_run(client, exp, "full", task, 1, 50.0, params_backbone=10, params=_identity(weights="none"))
+    md = render(capsys, uri, tmp_path / "out", "tiny")
+    assert "full (random init)" in first_table(md)
+    assert "(random init): a randomly initialised backbone" in md
+
+
+def test_failed_seeds_are_listed_and_the_mean_is_not_ranked(tmp_path, tiny, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("tiny"))
+    for task in ("digits", "count"):
+        log_run(client, exp, "lora", task, 1, 90.0, params_backbone=10)
+        log_run(client, exp, "full", task, 1, 50.0, params_backbone=100)
+        log_run(client, exp, "full", task, 2, 52.0, params_backbone=100)
+    run = log_run(client, exp, "lora", "count", 2, 99.9, params_backbone=10, status="RUNNING")
+    client.set_tag(run, "failure_reason", "Diverged: loss is nan at epoch 3, step 40")
+    client.set_terminated(run, "FAILED")
+    # a failed seed that was redone later does not count as failed
+    log_run(client, exp, "full", "count", 3, 0.0, params_backbone=100, status="FAILED")
+    log_run(client, exp, "full", "count", 3, 54.0, params_backbone=100)
+    md = render(capsys, uri, tmp_path / "out", "tiny")
+    rows = first_table(md)
+    assert rows["lora"]["count"] == "**90.0** §"
+    assert rows["lora"]["Mean (2 tasks)"] == "90.0"  # better than full's, but over fewer seeds: not bold
+    assert rows["full"]["Mean (2 tasks)"] == "**51.5**"
+    assert ("§ lora/count: 1 seed(s) failed and not redone: seed 2 (Diverged: loss is nan at epoch 3, "
+            "step 40); the cell is over the seeds that finished.") in md
+    assert "full/count" not in md and "99.9" not in md
+
+
+def test_stale_against_the_checkout_not_the_newest_run(store, tiny, capsys, tmp_path, monkeypatch):
+    """A suite whose every run predates a method fix is stale as a whole."""
+    monkeypatch.setattr(tracking, "git_commit", lambda: "fix999")
+    md = render(capsys, store, tmp_path, "tiny")
+    assert "Current commit: fix999." in md
+    assert first_table(md)["lora ‡"]["digits"] == "**92.0 ± 1.4** †"
+    assert "(abc123) than the current commit fix999 (the checkout rendering this report)" in md
+
+
+def test_linear_probe_throughput_is_never_bold(store, tiny, capsys, tmp_path):
+    rows = first_table(render(capsys, store, tmp_path, "tiny"))
+    assert rows["linear"]["Train img/s"] == "400.0"  # the highest, on cached features: not ranked
+    assert rows["lora ‡"]["Train img/s"] == "**150.0**"
+
+
+def test_sequential_adapter_compares_with_noahs_adapter_row(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    log_run(client, exp, "adapter", "cifar", 1, 70.0, params_backbone=156_768, mode="sequential")
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    assert first_table(md)["adapter (mode=sequential)"]["paper"] == "71.4"
+    assert "adapter (mode=sequential) → adapter_noah" in md
+
+
+def test_default_modes_are_the_methods_defaults():
+    import methods
+
+    for method, mode in report.DEFAULT_MODE.items():
+        assert methods.get(method).defaults["mode"] == mode

@@ -209,7 +209,9 @@ def test_linear_probe_trains_on_cached_features(monkeypatch):
     (["run", "--jobs", "2", "--force"], "--force redoes finished work and runs in one worker"),
     (["run", "--hparam", "rank=4"], "--hparam takes METHOD.NAME=VALUE"),
     (["run", "--methods", "lora", "--hparam", "vpt.mode=shallow"], "method 'vpt' is not among --methods"),
-    (["run", "--hparam", "lora.rank=big"], "rank takes a int"),
+    (["run", "--hparam", "lora.rank=big"], "rank must be an integer >= 1, got 'big'"),
+    (["run", "--hparam", "lora.rank=0.5"], "rank must be an integer >= 1, got 0.5"),
+    (["run", "--suite", "vtab1k", "--data-root", "."], "pass --pretrained FILE (or --pretrained none"),
     (["run", "--hparam", "vpt.mode=sideways"], "mode must be one of"),
     (["run", "--hparam", "lora.rank=0"], "rank"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
@@ -311,7 +313,8 @@ def test_corrupt_image_in_a_real_suite_is_one_line_naming_the_file(tmp_path, cap
     for split in ("train800", "val200", "train800val200", "test"):
         (task / f"{split}.txt").write_text("0.jpg 0\n1.jpg 1\nbad.jpg 2\n")
     code = main(["run", "--suite", "vtab1k", "--data-root", str(tmp_path / "data"), "--tasks", "cifar",
-                 "--methods", "linear", "--jobs", "1", "--out", str(tmp_path / "out"), "--no-report"])
+                 "--methods", "linear", "--jobs", "1", "--out", str(tmp_path / "out"), "--no-report",
+                 "--pretrained", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "bad.jpg" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 

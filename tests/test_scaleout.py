@@ -72,6 +72,35 @@ def test_three_workers_share_the_sweep_and_match_one_worker(tmp_path):
             for t in ("digits", "count"):
                 study = optuna.load_study(study_name=f"demo.{m}.{t}", storage=storage)
                 assert len(study.trials) == 2  # the budget, not overshot by concurrent workers
+                assert_no_duplicate_trials(study)
+
+
+def assert_no_duplicate_trials(study) -> None:
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params), f"{study.study_name}: one configuration ran twice: {params}"
+    defaults = [t for t in study.trials if t.params.get("lr") == 1e-3 and t.params.get("weight_decay") == 1e-4]
+    assert len(defaults) == 1, f"{study.study_name}: {len(defaults)} recipe-default trials"
+
+
+@pytest.mark.parametrize("repeat", range(2))
+def test_concurrent_workers_on_a_fresh_study_run_the_default_trial_once(tmp_path, repeat):
+    """Workers that open an empty study together all saw it empty and each enqueued the recipe
+    defaults: the budget then held the same configuration two or three times (issue 11, item 6)."""
+    import optuna
+
+    from bench.tune import open_storage
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "bench.cli", "tune", "--method", "linear", "--task", "digits", "--trials", "3",
+           "--epochs", "1", "--out", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    for p in procs:
+        wait(p)
+    study = optuna.load_study(study_name="demo.linear.digits", storage=open_storage(None, tmp_path))
+    assert len(study.trials) == 3
+    assert_no_duplicate_trials(study)
 
 
 def _finished_finals(db) -> int:
