@@ -1,14 +1,20 @@
-"""The suite catalog: reads ``datasets/<suite>.toml`` (data, not code) into small dataclasses."""
+"""The suite catalog: reads ``bench/catalog_data/<suite>.toml`` (data, not code) into small dataclasses.
+
+The TOML files (and the reference numbers under ``catalog_data/reference``) are package data: they
+ship inside the installed distribution and are read through ``importlib.resources``, so a wheel
+install finds them wherever it lives (``datasets/README.md`` is the human-facing description).
+"""
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 from .errors import UserError
 
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "datasets"
+CATALOG_DIR: Traversable = resources.files("bench") / "catalog_data"
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,17 @@ class Suite:
 
 
 def suite_names() -> list[str]:
-    return sorted(p.stem for p in CATALOG_DIR.glob("*.toml"))
+    if not CATALOG_DIR.is_dir():
+        return []
+    return sorted(p.name[:-len(".toml")] for p in CATALOG_DIR.iterdir() if p.name.endswith(".toml"))
 
 
 @lru_cache(maxsize=None)
 def load_suite(name: str) -> Suite:
     """The suite ``name`` from the catalog; UserError listing the known suites otherwise."""
-    path = CATALOG_DIR / f"{name}.toml"
-    if not name or "/" in name or not path.is_file():
+    if not name or "/" in name or "\\" in name or name not in suite_names():
         raise UserError(f"unknown suite {name!r}; known: {', '.join(suite_names())}")
-    raw = tomllib.loads(path.read_text())
+    raw = tomllib.loads((CATALOG_DIR / f"{name}.toml").read_text(encoding="utf-8"))
     tasks = {}
     for key, spec in raw["tasks"].items():
         spec = dict(spec)

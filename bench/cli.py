@@ -22,6 +22,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message}\n")
 
 
+def version() -> str:
+    """The installed distribution's version (``peft-bench``); the package's own when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("peft-bench")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="demo", help="demo | vtab1k | fgvc (default: demo)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task of the suite)")
@@ -47,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Benchmark parameter-efficient fine-tuning methods for "
                                                "Vision Transformers (VTAB-1k, FGVC, demo).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"bench {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("methods", help="list registered methods, parameter counts and hyperparameters")

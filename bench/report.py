@@ -271,11 +271,13 @@ def summarize(runs: pd.DataFrame, cells: pd.DataFrame, tasks: list[str],
 # --------------------------------------------------------------------------- the paper
 
 def load_reference(suite: str) -> pd.DataFrame | None:
-    """``datasets/reference/<suite>_reported.csv`` as printed (strings, '' = not transcribed)."""
+    """``bench/catalog_data/reference/<suite>_reported.csv`` (package data) as printed (strings,
+    '' = not transcribed); None when the suite has no reference numbers."""
     path = REFERENCE_DIR / f"{suite}_reported.csv"
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype=str, keep_default_na=False).set_index("method")
+    with path.open("r", encoding="utf-8") as f:
+        return pd.read_csv(f, dtype=str, keep_default_na=False).set_index("method")
 
 
 def reference_rows(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -503,7 +505,7 @@ def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
     lines += ["", f"![Mean accuracy vs trainable parameters]({suite.name}_params.png)", ""]
     if reference is not None:
         lines += ["## Published reference", "",
-                  f"As transcribed in datasets/reference/{suite.name}_reported.csv ('-': not transcribed, "
+                  f"As transcribed in bench/catalog_data/reference/{suite.name}_reported.csv ('-': not transcribed, "
                   f"never imputed). Rows ending in _star use SSF-style data augmentation: another protocol, "
                   f"never the reference of a run without it.", "", paper_table(reference, tasks), ""]
     return "\n".join(lines), summary

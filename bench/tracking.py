@@ -52,12 +52,22 @@ def default_tracking_uri(out: str | Path = "runs") -> str:
     return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
-def git_commit() -> str:
-    """HEAD of the project checkout (``-dirty`` when it has uncommitted changes), or ``unknown``."""
+def git_commit(root: str | Path | None = None) -> str:
+    """HEAD of the project checkout (``-dirty`` when it has uncommitted changes), or ``unknown``.
+
+    The checkout is the folder holding the ``bench`` package (``root``), never the current
+    directory, and only when that folder is the top of its git work tree: an installed wheel lives
+    in site-packages, which is no checkout, or sits inside some other repository (a venv made in a
+    user's project); both give ``unknown``, never another project's commit.
+    """
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        if not top or Path(top).resolve() != root.resolve():
+            return "unknown"
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -1,6 +1,6 @@
 """The demo suite's tasks: 32x32 RGB images generated deterministically, no files, no download.
 
-Each task in ``datasets/demo.toml`` names a generator here and carries its ``seed`` and ``size``
+Each task in ``bench/catalog_data/demo.toml`` names a generator here and carries its ``seed`` and ``size``
 (examples in all). The first 800 examples are train800, the next 200 val200 and the rest test,
 as in VTAB-1k; generators emit examples in random order, so these slices are i.i.d. and disjoint.
 """

@@ -16,7 +16,7 @@ bilinear PIL resize (the same call torchvision makes on a PIL image: identical p
 ``tensor_transform`` crops, flips, scales to [0, 1] and normalises. VPT (``KMnP/vpt``,
 ``src/data/transforms.py``) differs: ``Resize(256)`` of the SHORT side (aspect kept, so the crop drops
 part of the long side) and ImageNet mean/std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225). We follow
-RLRR because its numbers are the reference (``datasets/reference``) and because 0.5 is the
+RLRR because its numbers are the reference (``bench/catalog_data/reference``) and because 0.5 is the
 normalisation the ImageNet-21k ViT weights were trained with (the design's protocol, VTAB alike).
 """
 from __future__ import annotations
