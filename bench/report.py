@@ -44,8 +44,8 @@ STALE = "†"
 PARTIAL = "‡"
 FAILED_SEED = "§"
 # the fields of an experiment's identity read from each run's params (besides fixed hparams and data)
-IDENTITY = ("epochs", "warmup_epochs", "batch_size", "trials", "backbone", "weights_sha256")
-RANDOM_INIT = "none"  # weights_sha256 of a randomly initialised backbone (`--pretrained none`)
+PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials")
+IDENTITY = (*PROTOCOL, "backbone", "weights_sha256")
 METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
            tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
 VARIANT_METHODS = ("adapter", "vpt")  # methods whose `mode` param changes what is compared
@@ -182,10 +182,10 @@ def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
     labels = []
     for rec in runs.to_dict("records"):
         parts = [rec["fixed"]] if rec["fixed"] else []
-        parts += [f"{k}={rec[k] or '?'}" for k in IDENTITY[:-2] if rec[k] != main[k]]
+        parts += [f"{k}={rec[k] or '?'}" for k in PROTOCOL if rec[k] != main[k]]
         if rec["backbone"] != main["backbone"]:
             parts.append(rec["backbone"] or "backbone?")
-        if rec["weights_sha256"] == RANDOM_INIT:
+        if rec["weights_sha256"] == tracking.RANDOM_INIT:
             parts.append("random init")
         elif rec["weights_sha256"] != main["weights_sha256"]:
             parts.append(f"weights={rec['weights_sha256'][:8] or '?'}")
@@ -467,7 +467,7 @@ def notes(suite: catalog.Suite, runs: pd.DataFrame, tasks: list[str], groups: di
         out.append("Rows named 'method (...)' are experiments other than the suite's main one (that of most "
                    "final runs): what differs is in the brackets (fixed hyperparameters, protocol, weights, "
                    "data); their runs never join another row's cells.")
-    if (runs["weights_sha256"] == RANDOM_INIT).any():
+    if (runs["weights_sha256"] == tracking.RANDOM_INIT).any():
         out.append("(random init): a randomly initialised backbone (`--pretrained none`), not comparable with "
                    "a pretrained one or with the paper column.")
     return out

@@ -30,9 +30,6 @@ from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, en
                    open_study, owner_alive, owner_id, study_name)
 
 
-RANDOM_INIT = "none"  # --pretrained none: a randomly initialised backbone, asked for explicitly
-
-
 class ProtocolError(RuntimeError):
     """Code tried to read the test split outside a final fit: a bug, never a user error."""
 
@@ -154,7 +151,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
     if args.data_root and not Path(args.data_root).is_dir():
         raise UserError(f"--data-root {args.data_root} does not exist or is not a folder")
-    pretrained, random_init = args.pretrained, args.pretrained == RANDOM_INIT
+    pretrained, random_init = args.pretrained, args.pretrained == tracking.RANDOM_INIT
     if random_init:
         pretrained = None  # asked for explicitly: a randomly initialised backbone
     elif pretrained is None and suite.backbone != "demo":
@@ -252,7 +249,7 @@ class Runner:
         self.provenance = {
             "backbone": spec.suite.backbone,
             "weights_file": str(weights) if weights else "random-init",
-            "weights_sha256": backbones.file_sha256(weights) if weights else RANDOM_INIT,
+            "weights_sha256": backbones.file_sha256(weights) if weights else tracking.RANDOM_INIT,
             "git_commit": tracking.git_commit(),
             "device": spec.device,
             **tracking.package_versions(),

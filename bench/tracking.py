@@ -24,6 +24,7 @@ from pathlib import Path
 
 EXPERIMENT_PREFIX = "peft-bench/"
 EXPERIMENT_TAG = "experiment"  # JSON: protocol, backbone, weights hash, fixed hyperparameters
+RANDOM_INIT = "none"  # `--pretrained none`, and the weights_sha256 param of its runs: a random backbone
 PHASE_TRIAL = "trial"
 PHASE_FINAL = "final"
 
