@@ -1,4 +1,5 @@
-"""The registry of PEFT methods: ``names()``, ``get(name)``, ``NotMergeable``, ``decays_backbone(name)``.
+"""The registry of PEFT methods: ``names()``, ``get(name)``, ``NotMergeable``, ``decays_backbone(name)``,
+``supports(name, family)``. Where each backbone family keeps its layers: ``methods.families``.
 
 Every module in this package is imported here, so a method registered with ``@register`` in a
 new module is available everywhere without touching any other file.
@@ -9,13 +10,15 @@ import pkgutil
 from .base import (  # noqa: F401
     Method,
     NotMergeable,
+    Unsupported,
     count_trainable,
     decays_backbone,
     get,
     names,
     register,
+    supports,
 )
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
+    if _info.name != "base" and not _info.name.startswith("_") and not _info.ispkg:
         importlib.import_module(f"{__name__}.{_info.name}")

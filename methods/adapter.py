@@ -33,6 +33,7 @@ from timm.layers import QuickGELU
 
 from ._checks import check_choice, check_float, check_int
 from .base import Method, register
+from .families import layout_of
 
 MODES = ("parallel", "sequential")
 DROPOUT = 0.1  # on the bottleneck activations, in AdaptFormer's Block and NOAH's training script
@@ -106,9 +107,10 @@ class Adapter(Method):
                 "scale": trial.suggest_categorical("scale", [0.01, 0.1, 1.0])}
 
     def _adapt(self, model: nn.Module, mode: str, bottleneck: int, scale: float) -> None:
-        width = model.embed_dim
-        check_int(self.name, {"bottleneck": bottleneck}, "bottleneck", 1, width)
-        for block in model.blocks:
+        layout = layout_of(model)
+        check_int(self.name, {"bottleneck": bottleneck}, "bottleneck", 1, layout.min_width)
+        for path, width in zip(layout.blocks, layout.widths):
+            block = model.get_submodule(path)
             adapter = Bottleneck(width, bottleneck, mode, like=next(block.parameters()))
             if mode == "parallel":
                 block.mlp = ParallelAdapter(block.norm2, block.mlp, adapter, scale)

@@ -1,7 +1,7 @@
 """The method interface and its registry.
 
 A method is a small object with one contract (like an Optuna sampler): ``apply`` adapts a timm
-VisionTransformer, ``search_space`` suggests its own hyperparameters from an Optuna trial,
+backbone (any family in ``methods.families``; ``families`` limits it), ``search_space`` suggests its own hyperparameters from an Optuna trial,
 ``merge`` folds what it added back into a plain timm model. Registering a subclass with
 ``@register`` is all it takes for the CLI, the runner and the tests to pick it up.
 
@@ -22,6 +22,10 @@ from typing import Any, Callable
 import torch.nn as nn
 
 _REGISTRY: dict[str, "Method"] = {}
+
+
+class Unsupported(ValueError):
+    """A method cannot run on a backbone (family); the message says which and why."""
 
 
 class NotMergeable(Exception):
@@ -57,6 +61,12 @@ def decays_backbone(name: str) -> bool:
     return get(name).decays_backbone
 
 
+def supports(name: str, family: str) -> bool:
+    """Whether method ``name`` runs on backbones of ``family`` ("vit", "swin")."""
+    families = get(name).families
+    return families is None or family in families
+
+
 def count_trainable(model: nn.Module, exclude_head: bool = True) -> int:
     """Number of trainable parameters, without the classifier head by default."""
     return sum(
@@ -75,6 +85,8 @@ class Method:
     defaults: dict[str, Any] = {}
     help: dict[str, str] = {}  # hyperparameter -> one-line description
     decays_backbone: bool = True  # does ``decays`` hold for any trainable tensor besides the head?
+    families: tuple[str, ...] | None = None  # backbone families it runs on (None: every family)
+    unsupported_why: str = ""  # said when asked to run on another family
 
     # -- hyperparameters -------------------------------------------------------------------
     def resolve(self, **hparams: Any) -> dict[str, Any]:
@@ -108,6 +120,7 @@ class Method:
         hp = self.resolve(**hparams)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.check_family(model)
         model = copy.deepcopy(model)
         model.requires_grad_(False)
         # The head first: its init draws the first random numbers after the caller's seed, so it
@@ -119,6 +132,16 @@ class Method:
         model.peft_method = self.name
         model.peft_hparams = hp
         return model
+
+    def check_family(self, model: nn.Module) -> None:
+        """``Unsupported`` unless this method runs on ``model``'s backbone family."""
+        from .families import layout_of
+
+        family = layout_of(model).family
+        if self.families is not None and family not in self.families:
+            why = f" ({self.unsupported_why})" if self.unsupported_why else ""
+            raise Unsupported(f"{self.name} does not run on {family} backbones{why}; it runs on: "
+                              f"{', '.join(self.families)}")
 
     def _adapt(self, model: nn.Module, **hp: Any) -> None:
         raise NotImplementedError

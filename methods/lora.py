@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._checks import check_float, check_int
-from ._vit import QKV, QKV_GROUPS, Mergeable, block_paths, merge_wrappers, wrap
+from .families import QKV, QKV_GROUPS, Mergeable, layout_of, merge_wrappers, wrap
 from .base import Method, register
 
 POWERS_OF_TWO = [1, 2, 4, 8, 16, 32, 64]
@@ -74,8 +74,9 @@ class LoRA(Method):
                 "alpha": trial.suggest_categorical("alpha", POWERS_OF_TWO)}
 
     def _adapt(self, model: nn.Module, rank: int, alpha: float) -> None:
-        check_int(self.name, {"rank": rank}, "rank", 1, model.embed_dim)
-        wrap(model, block_paths(model, QKV), lambda _, qkv: LoRALinear(qkv, rank, alpha))
+        layout = layout_of(model)
+        check_int(self.name, {"rank": rank}, "rank", 1, layout.min_width)
+        wrap(model, layout.paths(QKV), lambda _, qkv: LoRALinear(qkv, rank, alpha))
 
     def _merge(self, model: nn.Module) -> None:
         merge_wrappers(model)

@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, PATCH_CONV, QKV, QKV_GROUPS, Mergeable, block_paths,
-                   merge_wrappers, wrap)
+from .families import BLOCK_LINEARS, BLOCK_NORMS, QKV, QKV_GROUPS, Mergeable, layout_of, merge_wrappers, wrap
 from .base import Method, register
-from .ssf import add_ssf, stem_and_final_norm
+from .ssf import add_ssf, outside_blocks
 
 
 class _RescaledLinear(torch.autograd.Function):
@@ -120,13 +119,14 @@ class RLRR(Method):
         if leaf == "t":
             return False
         if leaf in ("scale", "shift"):
-            return module == PATCH_CONV
+            return module == layout_of(model).stem
         return super().decays(model, name, param)  # the head: weight decayed, bias not
 
     def _adapt(self, model: nn.Module) -> None:
-        wrap(model, block_paths(model, *BLOCK_LINEARS),
+        layout = layout_of(model)
+        wrap(model, layout.paths(*BLOCK_LINEARS),
              lambda path, linear: RLRRLinear(linear, groups=QKV_GROUPS if path.endswith(QKV) else 1))
-        add_ssf(model, block_paths(model, *BLOCK_NORMS) + stem_and_final_norm(model))
+        add_ssf(model, layout.paths(*BLOCK_NORMS) + outside_blocks(layout))
 
     def _merge(self, model: nn.Module) -> None:
         merge_wrappers(model)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._vit import (BLOCK_LINEARS, BLOCK_NORMS, PATCH_CONV, Mergeable, block_paths,
-                   final_norm_path, merge_wrappers, wrap)
+from .families import BLOCK_LINEARS, BLOCK_NORMS, Layout, Mergeable, layout_of, merge_wrappers, wrap
 from .base import Method, register
 
 
@@ -58,9 +57,11 @@ def add_ssf(model: nn.Module, paths: list[str]) -> None:
     wrap(model, paths, lambda _, module: SSF(module))
 
 
-def stem_and_final_norm(model: nn.Module) -> list[str]:
-    """The patch conv and the final norm in use: the SSF targets outside the blocks."""
-    return [PATCH_CONV, final_norm_path(model)]
+def outside_blocks(layout: Layout) -> list[str]:
+    """The SSF targets outside the blocks: the patch conv, the other norms (CLIP's pre-norm,
+    Swin's patch and merging norms) and the final norm. A bias-free patch conv (CLIP) gets none:
+    its shift could not be folded into it, and the pre-norm right after it takes the role."""
+    return ([layout.stem] if layout.stem_bias else []) + list(layout.extra_norms) + [layout.final_norm]
 
 
 @register
@@ -72,7 +73,8 @@ class SSFMethod(Method):
     decays_backbone = False  # its scales and shifts are 1-d: timm's rule exempts them
 
     def _adapt(self, model: nn.Module) -> None:
-        add_ssf(model, block_paths(model, *BLOCK_LINEARS, *BLOCK_NORMS) + stem_and_final_norm(model))
+        layout = layout_of(model)
+        add_ssf(model, layout.paths(*BLOCK_LINEARS, *BLOCK_NORMS) + outside_blocks(layout))
 
     def _merge(self, model: nn.Module) -> None:
         merge_wrappers(model)

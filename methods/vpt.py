@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_choice, check_float, check_int
-from .base import Method, register
+from .base import Method, register, replace_module
+from .families import layout_of
 
 MODES = ("deep", "shallow")
 
@@ -60,6 +61,8 @@ class VPT(Method):
         "prompt_dropout": "dropout on the prompt tokens, in [0, 1)",
     }
     mergeable = False  # the prompts are extra tokens, not a change of weights
+    families = ("vit",)
+    unsupported_why = "VPT's Swin variant, prompts inside every window, is not implemented"
 
     def _check(self, hp: dict) -> None:
         check_choice(self.name, hp, "mode", MODES)
@@ -76,15 +79,16 @@ class VPT(Method):
         return name != "head.bias"  # VPT's optimizer: everything but the head's bias
 
     def _adapt(self, model: nn.Module, mode: str, num_prompts: int, prompt_dropout: float) -> None:
-        conv = model.patch_embed.proj
+        layout = layout_of(model)
+        conv = model.get_submodule(layout.stem)
+        width = layout.widths[0]
         # uniform +-sqrt(6 / (fan_in + fan_out)) of the patch projection (VPT's Xavier choice)
-        bound = math.sqrt(6.0 / (conv.weight[0].numel() + model.embed_dim))
-        depth, deep = len(model.blocks), mode == "deep"
-        for i in range(depth):
+        bound = math.sqrt(6.0 / (conv.weight[0].numel() + width))
+        depth, deep = len(layout.blocks), mode == "deep"
+        for i, path in enumerate(layout.blocks):
             prompts = None
             if deep or i == 0:
-                prompts = nn.Parameter(
-                    conv.weight.new_empty(num_prompts, model.embed_dim).uniform_(-bound, bound))
+                prompts = nn.Parameter(conv.weight.new_empty(num_prompts, width).uniform_(-bound, bound))
             drop_after = num_prompts if deep or i == depth - 1 else 0
-            model.blocks[i] = PromptedBlock(model.blocks[i], model.num_prefix_tokens, prompts,
-                                            drop_after, prompt_dropout)
+            replace_module(model, path, PromptedBlock(model.get_submodule(path), layout.num_prefix_tokens,
+                                                      prompts, drop_after, prompt_dropout))

@@ -1,0 +1,115 @@
+"""Where the adaptable parts of a backbone live: one small module per backbone family.
+
+Methods never spell out a timm module path. They ask ``layout_of(model)`` for the blocks, the
+attention and MLP Linears, the norms and the stem, and wrap what they adapt through ``wrap``. A
+family module (``vit.py``, ``swin.py``) registers a function that reads one model class's
+structure into a ``Layout``; adding a backbone family means adding one such module here, and no
+method changes.
+
+Inside every block of every supported family the sub-modules have the same names (timm's):
+``attn.qkv`` (q, k, v fused in one Linear, three row chunks), ``attn.proj``, ``mlp.fc1``,
+``mlp.fc2``, ``norm1``, ``norm2``, and ``mlp`` as the MLP branch. ``Layout.paths`` joins them with
+each block's path.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from ..base import Unsupported, replace_module, swap_modules
+
+QKV = "attn.qkv"
+QKV_GROUPS = 3  # timm fuses q, k, v into one Linear: three row chunks of the width each
+ATTN_PROJ = "attn.proj"
+FC1, FC2 = "mlp.fc1", "mlp.fc2"
+MLP = "mlp"
+NORM1, NORM2 = "norm1", "norm2"
+BLOCK_LINEARS = (QKV, ATTN_PROJ, FC1, FC2)
+BLOCK_NORMS = (NORM1, NORM2)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The adaptable structure of one backbone model.
+
+    family: "vit" or "swin" (the name methods declare support for).
+    blocks: paths of the transformer blocks, input to output.
+    widths: the channel width of each block (constant for ViTs, per stage for Swin).
+    stem: the patch-embedding conv; ``stem_bias`` whether it has a bias (CLIP's has none).
+    final_norm: the norm in front of the head (``norm``, or ``fc_norm`` for models that pool first).
+    extra_norms: affine norms outside the blocks besides the final one (CLIP's ``norm_pre``, Swin's
+        patch-embedding norm and patch-merging norms), input to output.
+    Readers see through the methods' wrappers: an adapted model has the layout of its backbone.
+    tokens: "nlc" (a ViT's token sequence, ``num_prefix_tokens`` class/register tokens first) or
+        "nhwc" (Swin's feature map, no prefix tokens).
+    """
+
+    family: str
+    blocks: tuple[str, ...]
+    widths: tuple[int, ...]
+    stem: str
+    stem_bias: bool
+    final_norm: str
+    extra_norms: tuple[str, ...] = ()
+    tokens: str = "nlc"
+    num_prefix_tokens: int = 0
+
+    def paths(self, *suffixes: str) -> list[str]:
+        """``<block>.<suffix>`` for every block and suffix, block by block."""
+        return [f"{b}.{s}" for b in self.blocks for s in suffixes]
+
+    @property
+    def min_width(self) -> int:
+        return min(self.widths)
+
+
+_READERS: list[tuple[type, Callable[[nn.Module], Layout]]] = []
+
+
+def family(model_class: type):
+    """Decorator for a family module's reader: ``@family(VisionTransformer) def layout(model)``."""
+    def register(reader: Callable[[nn.Module], Layout]):
+        _READERS.append((model_class, reader))
+        return reader
+    return register
+
+
+def layout_of(model: nn.Module) -> Layout:
+    """The ``Layout`` of ``model``; ``Unsupported`` for a model class no family module reads."""
+    for cls, reader in _READERS:
+        if isinstance(model, cls):
+            return reader(model)
+    known = ", ".join(c.__name__ for c, _ in _READERS)
+    raise Unsupported(f"no backbone family reads {type(model).__name__}; supported: {known}")
+
+
+def has_bias(module: nn.Module) -> bool:
+    """Whether a module (or the module a method wrapped it in) has a bias."""
+    return any(name.rpartition(".")[2] == "bias" for name, _ in module.named_parameters())
+
+
+def wrap(model: nn.Module, paths: list[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
+    """Replace the module at each path by ``build(path, module)``."""
+    for path in paths:
+        replace_module(model, path, build(path, model.get_submodule(path)))
+
+
+class Mergeable(nn.Module):
+    """A wrapper that can fold itself into the plain module it wraps (see ``merge_wrappers``)."""
+
+    def merged(self) -> nn.Module:
+        """The wrapped module with this wrapper's effect folded into its weights (in place)."""
+        raise NotImplementedError
+
+
+def merge_wrappers(model: nn.Module) -> None:
+    """Replace every ``Mergeable`` wrapper in ``model`` by its folded plain module."""
+    swap_modules(model, lambda _, m: isinstance(m, Mergeable), lambda m: m.merged())
+
+
+for _info in pkgutil.iter_modules(__path__):  # every family module registers its reader
+    importlib.import_module(f"{__name__}.{_info.name}")

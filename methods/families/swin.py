@@ -1,0 +1,33 @@
+"""The Swin family: timm's ``SwinTransformer`` (Swin-B). Blocks are ``layers.<s>.blocks.<j>``,
+each stage's width is its own; a stage after the first starts with a patch merging (a norm, then
+a bias-free Linear ``reduction``). Blocks see (batch, height, width, channels) feature maps; their
+``attn.qkv`` / ``attn.proj`` / ``mlp`` / ``norm1`` / ``norm2`` have ViT's names and roles."""
+from __future__ import annotations
+
+import torch.nn as nn
+from timm.models.swin_transformer import PatchMerging, SwinTransformer
+
+from . import Layout, family, has_bias
+
+
+@family(SwinTransformer)
+def layout(model: SwinTransformer) -> Layout:
+    blocks, widths, merge_norms = [], [], []
+    for s, stage in enumerate(model.layers):
+        if isinstance(stage.downsample, PatchMerging):
+            merge_norms.append(f"layers.{s}.downsample.norm")
+        for j, block in enumerate(stage.blocks):
+            blocks.append(f"layers.{s}.blocks.{j}")
+            widths.append(block.dim)
+    patch_norm = () if isinstance(model.patch_embed.norm, nn.Identity) else ("patch_embed.norm",)
+    return Layout(
+        family="swin",
+        blocks=tuple(blocks),
+        widths=tuple(widths),
+        stem="patch_embed.proj",
+        stem_bias=has_bias(model.patch_embed.proj),
+        final_norm="norm",
+        extra_norms=patch_norm + tuple(merge_norms),
+        tokens="nhwc",
+        num_prefix_tokens=0,
+    )
