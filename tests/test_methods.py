@@ -20,6 +20,11 @@ import methods
 from bench.backbones import DEMO_CONFIG, create_demo
 from bench.train import make_optimizer
 
+import specs_baselines
+import specs_peft
+
+SPECS = (specs_baselines, specs_peft)  # each group of methods keeps its tables in its own file
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 C = 100  # head size for the counts
@@ -35,11 +40,12 @@ VIT_B_COUNTS = [
     ("adapter", {"mode": "sequential"}, 156_768),
     ("ssf", {}, 205_824),
     ("rlrr", {}, 288_768),
-]
+] + [row for spec in SPECS for row in spec.VIT_B_COUNTS]
 DEFAULT_COUNTS = {name: n for name, hp, n in VIT_B_COUNTS if not hp}
 # every method with defaults, plus the other modes
 CONFIGS = [(name, {}) for name in methods.names()] + [("vpt", {"mode": "shallow"}),
-                                                      ("adapter", {"mode": "sequential"})]
+                                                      ("adapter", {"mode": "sequential"})] + [
+    config for spec in SPECS for config in spec.EXTRA_CONFIGS]
 
 
 def config_id(name, hp):
@@ -60,6 +66,8 @@ TRAINABLE = {
     "rlrr": r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(s_in|s_out|t)"
             r"|(blocks\.\d+\.(norm1|norm2)|patch_embed\.proj|norm)\.(scale|shift)",
 }
+for _spec in SPECS:
+    TRAINABLE.update(_spec.TRAINABLE)
 
 
 @pytest.fixture(scope="module")
