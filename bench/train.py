@@ -48,6 +48,26 @@ class TrainConfig:
     compile: bool = False
     desc: str = ""
     checkpoint: str | None = None  # save every epoch here and resume from it (preemptible GPU jobs)
+    # A paper recipe's schedule (``bench.recipes``), None for the tuned protocol's: timm's
+    # ``create_scheduler`` as the official codes run it (see ``lr_schedule``).
+    paper_schedule: "PaperSchedule | None" = None
+    drop_path_rate: float = 0.0  # timm's stochastic depth, linearly increasing over the blocks
+    zero_head: bool = False  # the head starts at zero (RLRR's zero_head=True)
+
+
+@dataclass(frozen=True)
+class PaperSchedule:
+    """The lr schedule of an official training script: timm's ``create_scheduler`` (cosine over
+    ``cosine_epochs`` with the warmup counted inside it, from ``warmup_lr``; ``min_lr`` at its end
+    and during the cool-down epochs the fit adds after it) or, with ``restart_epochs``, a cosine
+    restarting every that many epochs (torch's ``CosineAnnealingWarmRestarts``, which timm's
+    cosine reproduces with cycles). ``per_epoch``: the lr changes once per epoch."""
+    cosine_epochs: int
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    restart_epochs: int = 0
+    per_epoch: bool = True
 
 
 @dataclass
@@ -109,6 +129,37 @@ def cosine_schedule(optimizer, lr: float, total_steps: int, warmup_steps: int) -
     return CosineLRScheduler(optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=0.0,
                              warmup_t=warmup_steps, warmup_lr_init=lr * 1e-3 if warmup_steps else lr,
                              warmup_prefix=True, t_in_epochs=False)
+
+
+def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """The fit's scheduler: the tuned protocol's ``cosine_schedule`` over the whole run, or the
+    paper recipe's (``cfg.paper_schedule``), in epochs when it steps per epoch (``t_in_epochs``)."""
+    paper = cfg.paper_schedule
+    if paper is None:
+        return cosine_schedule(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch)
+    unit = 1 if paper.per_epoch else steps_per_epoch
+    cycle = paper.restart_epochs or paper.cosine_epochs
+    return CosineLRScheduler(optimizer, t_initial=cycle * unit, lr_min=paper.min_lr,
+                             warmup_t=paper.warmup_epochs * unit, warmup_lr_init=paper.warmup_lr,
+                             cycle_limit=10**6 if paper.restart_epochs else 1, t_in_epochs=paper.per_epoch)
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """timm's stochastic depth on every block, rising linearly from 0 to ``rate`` at the last
+    block (``torch.linspace(0, rate, depth)``, as timm's models set ``drop_path_rate``), on each
+    residual branch (``drop_path1`` / ``drop_path2``), through any wrapper a method put around a block."""
+    from timm.layers import DropPath
+
+    from methods.families import layout_of
+
+    blocks = layout_of(model).blocks
+    rates = torch.linspace(0, rate, len(blocks)).tolist()
+    for path, r in zip(blocks, rates):
+        for name, _ in list(model.get_submodule(path).named_modules()):
+            leaf = name.rpartition(".")[2]
+            if leaf in ("drop_path1", "drop_path2"):
+                parent = model.get_submodule(f"{path}.{name}".rpartition(".")[0])
+                setattr(parent, leaf, DropPath(r) if r > 0 else nn.Identity())
 
 
 def head_only(model: nn.Module) -> bool:
@@ -261,6 +312,12 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
         if eval_ds is not None:
             eval_ds = extract_features(model, eval_ds, cfg.batch_size, device, cfg.workers)
     step_fn = model.head if features else model
+    if cfg.drop_path_rate:
+        set_drop_path(model, cfg.drop_path_rate)
+    if cfg.zero_head:
+        with torch.no_grad():
+            for p in model.get_classifier().parameters():
+                p.zero_()
     if cfg.compile:
         step_fn = torch.compile(step_fn)
 
@@ -268,7 +325,8 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    scheduler = cosine_schedule(optimizer, cfg.lr, total_steps, cfg.warmup_epochs * steps_per_epoch)
+    scheduler = lr_schedule(optimizer, cfg, steps_per_epoch)
+    per_epoch = cfg.paper_schedule is not None and cfg.paper_schedule.per_epoch
     result = FitResult()
     train_seconds = extract_seconds
     images = 0
@@ -278,11 +336,16 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
         state = _load_checkpoint(cfg.checkpoint, model, optimizer, loader.generator)
         start_epoch, step = state["epoch"] + 1, state["step"]
         result.history, train_seconds, images = state["history"], state["train_seconds"], state["images"]
-        scheduler.step_update(step)
+        if not per_epoch:
+            scheduler.step_update(step)
     bar = tqdm(total=total_steps, initial=step, desc=cfg.desc or "train", leave=False, disable=None,
                dynamic_ncols=True)
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if per_epoch:
+                # the official loops (RLRR train_*.py, NOAH supernet_train_prompt.py) call
+                # ``scheduler.step(epoch)`` after epoch ``epoch``: epoch k trains at the lr of k - 1
+                scheduler.step(max(epoch - 1, 0))
             model.train()
             epoch_start = time.perf_counter()
             loss_sum, seen, data_wait = torch.zeros((), device=device), 0, 0.0
@@ -294,7 +357,8 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                 loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
                 seen += y.numel()
                 step += 1
-                scheduler.step_update(step)
+                if not per_epoch:
+                    scheduler.step_update(step)
                 bar.update(1)
                 if i % CHECK_EVERY == 0 or i == steps_per_epoch:
                     mean_loss = loss_sum.item() / seen

@@ -1,0 +1,173 @@
+"""Paper recipes as data: every file loads, covers every task of its suites with in-range
+values the methods accept, and matches the official code it was transcribed from."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bench.catalog import load_suite
+from bench.errors import UserError
+from bench.recipes import REQUIRED, TRAIN_KEYS, Recipe, check, load_recipe, recipe_names
+
+
+def test_the_shipped_recipes():
+    assert recipe_names() == ["noah-paper", "rlrr-paper"]
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_task_of_every_suite_has_a_complete_setting(name):
+    recipe = load_recipe(name)  # runs check(): ranges, keys, method hyperparameters
+    assert recipe.repository and len(recipe.commit) == 40 and recipe.notes
+    for suite_name in recipe.suites:
+        for task in load_suite(suite_name).tasks:
+            for method in recipe.methods:
+                s = recipe.setting(suite_name, task, method)
+                assert set(s.train) == set(TRAIN_KEYS), s.train
+                assert all(s.train[k] is not None for k in REQUIRED)
+
+
+def test_rlrr_values_are_the_official_ones():
+    """Spot checks against zstarN70/RLRR RLRRDatasets/VTABConfig.py and FGVCConfig.py."""
+    r = load_recipe("rlrr-paper")
+    cifar = r.setting("vtab1k", "cifar", "rlrr").train
+    assert (cifar["lr"], cifar["weight_decay"], cifar["drop_path_rate"], cifar["flip"]) == (3e-3, 5e-5, 0.1, False)
+    count = r.setting("vtab1k", "clevr_count", "rlrr").train
+    assert (count["lr"], count["drop_path_rate"], count["flip"]) == (5e-3, 0.5, True)
+    flowers = r.setting("vtab1k", "oxford_flowers102", "rlrr").train
+    assert (flowers["weight_decay"], flowers["drop_path_rate"]) == (5e-2, 0.3)
+    assert r.setting("vtab1k", "resisc45", "rlrr").train["drop_path_rate"] == 0.0
+    assert (cifar["epochs"], cifar["cooldown_epochs"], cifar["warmup_epochs"], cifar["batch_size"]) == (100, 10, 10, 32)
+    assert (cifar["warmup_lr"], cifar["min_lr"], cifar["zero_head"], cifar["lr_per_epoch"]) == (1e-7, 1e-8, True, True)
+    dogs = r.setting("fgvc", "stanford_dogs", "rlrr").train
+    assert (dogs["lr"], dogs["drop_path_rate"], dogs["restart_epochs"], dogs["warmup_epochs"]) == (1e-4, 0.0, 5, 0)
+    nabirds = r.setting("fgvc", "nabirds", "rlrr").train
+    assert (nabirds["lr"], nabirds["drop_path_rate"], nabirds["restart_epochs"], nabirds["epochs"]) == (5e-4, 0.3, 0, 50)
+    flips = sorted(t for t in load_suite("vtab1k").tasks if r.setting("vtab1k", t, "rlrr").train["flip"])
+    assert flips == sorted(["dtd", "oxford_iiit_pet", "patch_camelyon", "eurosat", "diabetic_retinopathy",
+                            "clevr_count", "clevr_dist", "dmlab", "kitti", "smallnorb_ele"])
+
+
+def test_noah_values_are_the_official_ones():
+    r = load_recipe("noah-paper")
+    lora = r.setting("vtab1k", "svhn", "lora")
+    assert lora.hparams == {"rank": 8, "alpha": 8}
+    assert (lora.train["lr"], lora.train["weight_decay"], lora.train["batch_size"], lora.train["epochs"]) == (5e-3, 1e-4, 64, 100)
+    assert (lora.train["drop_path_rate"], lora.train["warmup_lr"], lora.train["min_lr"]) == (0.1, 1e-6, 1e-5)
+    assert r.setting("vtab1k", "dtd", "adapter").hparams == {"mode": "sequential", "bottleneck": 8}
+
+
+def _edited(name: str, edit) -> Recipe:
+    r = load_recipe(name)
+    suites = copy.deepcopy(r.suites)
+    edit(suites)
+    return Recipe(r.name, r.title, r.repository, r.commit, r.methods, r.notes, suites)
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda s: s["vtab1k"]["tasks"]["cifar"].update(lr=0.0), r"\[vtab1k.tasks.cifar\]: lr must be a number in \(0.0, 1.0\]"),
+    (lambda s: s["vtab1k"]["tasks"]["cifar"].update(drop_path_rate=1.0), "drop_path_rate must be a number in"),
+    (lambda s: s["vtab1k"]["tasks"]["cifar"].update(flip="yes"), "flip must be true or false"),
+    (lambda s: s["vtab1k"]["tasks"]["cifar"].update(lrr=0.1), "unknown key 'lrr'"),
+    (lambda s: s["vtab1k"]["tasks"].update(cifar10={"lr": 0.1}), "unknown task 'cifar10'"),
+    (lambda s: s["vtab1k"].update(batch_size=0), "batch_size must be an integer in"),
+    (lambda s: s["vtab1k"].update(warmup_epochs=100), "warmup_epochs 100 must be below epochs 100"),
+    (lambda s: s["fgvc"]["tasks"]["nabirds"].update(flip=True), "flip applies to a plain resize"),
+    (lambda s: s["vtab1k"]["tasks"]["cifar"].pop("lr"), "rlrr on cifar: no lr"),  # rlrr: lr per task only
+])
+def test_bad_rlrr_entries_are_refused(edit, pattern):
+    recipe = _edited("rlrr-paper", edit)
+    with pytest.raises(ValueError, match=pattern):
+        check(recipe)
+
+
+def test_bad_noah_entries_are_refused():
+    with pytest.raises(ValueError, match=r"lora: rank must be an integer >= 1, got 0"):
+        check(_edited("noah-paper", lambda s: s["vtab1k"]["methods"]["lora"].update(rank=0)))
+    with pytest.raises(ValueError, match=r"\[vtab1k\] lora on cifar: no lr"):
+        check(_edited("noah-paper", lambda s: s["vtab1k"].pop("lr")))
+
+
+def test_unknown_recipe_suite_or_method_is_one_user_error():
+    with pytest.raises(UserError, match="unknown recipe 'nope'; known: noah-paper, rlrr-paper"):
+        load_recipe("nope")
+    r = load_recipe("rlrr-paper")
+    with pytest.raises(UserError, match="recipe rlrr-paper has no settings for suite demo; it has: vtab1k, fgvc"):
+        r.setting("demo", "digits", "rlrr")
+    with pytest.raises(UserError, match="no settings for method lora; it has: rlrr"):
+        r.setting("vtab1k", "cifar", "lora")
+
+
+# -- the knobs recipes need, in the training loop -----------------------------------------------
+import argparse  # noqa: E402
+
+import torch  # noqa: E402
+from timm.scheduler import create_scheduler  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+import methods  # noqa: E402
+from bench.backbones import create_demo  # noqa: E402
+from bench.train import PaperSchedule, TrainConfig, fit, set_drop_path  # noqa: E402
+
+
+def _fit_lrs(schedule: PaperSchedule, epochs: int, lr: float = 3e-3, **cfg) -> list[float]:
+    torch.manual_seed(0)
+    model = methods.get("linear").apply(create_demo(pretrained=False), num_classes=3)
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
+    result = fit(model, data, TrainConfig(epochs=epochs, batch_size=4, lr=lr, weight_decay=0.0,
+                                          paper_schedule=schedule, **cfg))
+    return [h["lr"] for h in result.history]
+
+
+def _official_lrs(epochs: int, cooldown: int, lr: float, make=None) -> list[float]:
+    """The lr of each epoch in RLRR's train_vtab.py loop: timm's create_scheduler (or the given
+    scheduler), ``scheduler.step(epoch)`` after each epoch."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    if make is None:
+        args = argparse.Namespace(sched="cosine", epochs=epochs, warmup_epochs=10, cooldown_epochs=cooldown,
+                                  min_lr=1e-8, warmup_lr=1e-7, lr_cycle_decay=0.5, decay_rate=0.1,
+                                  lr=lr, lr_noise=None, lr_k_decay=1.0, lr_cycle_limit=1, lr_cycle_mul=1.0,
+                                  decay_epochs=30, patience_epochs=10, seed=42)
+        sched, num_epochs = create_scheduler(args, opt)
+    else:
+        sched, num_epochs = make(opt), epochs + cooldown
+    lrs = []
+    for epoch in range(num_epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step(epoch)
+    return lrs
+
+
+def test_paper_schedule_is_the_official_loops_lr_per_epoch():
+    """RLRR VTAB: 100-epoch cosine with 10 warmup epochs inside, 10 cool-down epochs: compared
+    epoch by epoch with timm's create_scheduler stepped as train_vtab.py steps it (scaled to 20 + 3
+    epochs to keep the test fast)."""
+    ours = _fit_lrs(PaperSchedule(cosine_epochs=20, warmup_epochs=10, warmup_lr=1e-7, min_lr=1e-8), epochs=23)
+    reference = _official_lrs(20, 3, 3e-3)
+    assert len(reference) == 23
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(reference), rtol=1e-9, atol=0)
+    assert ours[-1] == 1e-8 and ours[1] == ours[0] == 1e-7  # the cool-down at min_lr; the one-epoch lag
+
+
+def test_paper_restarts_are_torchs_warm_restarts():
+    """RLRR FGVC on CUB and Stanford Dogs: CosineAnnealingWarmRestarts(T_0=5, eta_min=0)."""
+    ours = _fit_lrs(PaperSchedule(cosine_epochs=12, restart_epochs=5), epochs=12)
+    reference = _official_lrs(12, 0, 3e-3, make=lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=5, T_mult=1, eta_min=0))
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(reference), rtol=1e-6, atol=1e-12)
+
+
+def test_drop_path_rises_linearly_over_the_blocks_through_wrappers():
+    model = methods.get("vpt").apply(create_demo(pretrained=False), num_classes=3)  # blocks wrapped
+    set_drop_path(model, 0.3)
+    rates = [[getattr(m, "drop_prob", 0.0) for n, m in model.blocks[i].named_modules()
+              if n.endswith(("drop_path1", "drop_path2"))] for i in range(4)]
+    assert rates == [[0.0, 0.0], *([pytest.approx(r)] * 2 for r in (0.1, 0.2, 0.3))]
+
+
+def test_zero_head_starts_the_head_at_zero():
+    torch.manual_seed(0)
+    model = methods.get("linear").apply(create_demo(pretrained=False), num_classes=3)
+    data = TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4) % 3)
+    fit(model, data, TrainConfig(epochs=1, batch_size=4, lr=1e-12, weight_decay=0.0, zero_head=True))
+    assert model.head.weight.abs().max() < 1e-9 and model.head.bias.abs().max() < 1e-9
