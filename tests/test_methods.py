@@ -188,6 +188,10 @@ DECAY_SPLIT = {
     "ssf": (960, 8_842),       # 1-d scales and shifts: not decayed (timm's rule, as SSF)
     "rlrr": (8_064, 5_194),    # s_in, s_out and the patch SSF decayed; t and the norm SSFs not
 }
+for _spec in SPECS:
+    DECAY_SPLIT.update(getattr(_spec, "DECAY_SPLIT", {}))
+# methods that add no randomly initialised tensor: they train the backbone's own
+NO_RANDOM_INIT = ("full", "linear", *(n for spec in SPECS for n in getattr(spec, "NO_RANDOM_INIT", ())))
 
 
 @pytest.mark.parametrize("name,hp", CONFIGS, ids=CONFIG_IDS)
@@ -235,7 +239,7 @@ def test_head_init_depends_on_the_seed_only(name):
     assert not torch.equal(other.head.bias, model.head.bias)
     own = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     others = dict(other.named_parameters())
-    random_init = name not in ("full", "linear")  # full trains the pretrained weights as they are
+    random_init = name not in NO_RANDOM_INIT  # full trains the pretrained weights as they are
     assert any(not torch.equal(p, others[n]) for n, p in own) == random_init
 
 
