@@ -1,17 +1,34 @@
-"""Backbones: timm VisionTransformers, built without any download.
+"""Backbones: timm models (ViTs and Swin), built without any download.
 
-``demo``: a small ViT with ViT-B's module structure, pretrained by ``python -m bench.pretrain_demo``
-(checkpoint committed under ``bench/assets/``). ``vit_base_patch16_224``: ViT-B/16, weights only
-from a local file given with ``--pretrained``.
+Every backbone is built with ``timm.create_model(name, pretrained=False)`` and gets its weights
+only from a local file (``--pretrained FILE``), except ``demo``: a small ViT with ViT-B's module
+structure, pretrained by ``python -m bench.pretrain_demo`` (checkpoint committed under
+``bench/assets/``). Each registry entry says which family it belongs to (``methods.families``:
+where its blocks, Linears and norms are), the image size it runs at, its input normalisation
+(from timm's pretrained config of the weights users are told to pass) and that weights file.
+
+Choices per backbone, where timm offers several:
+- ``vit_base_patch14_dinov2`` is built as timm builds DINOv2 (518 px, a 37x37 position table) with
+  ``dynamic_img_size=True``: the checkpoint's table loads exactly (the strict loader never
+  resamples a tensor) and timm interpolates it to the input's patch grid on every forward (16x16
+  at the suites' 224 px), as DINOv2 itself does (``interpolate_pos_encoding``).
+- ``vit_base_patch16_224.mae`` is timm's MAE ViT-B/16: timm's config of that tag, i.e. the class
+  token after the pretrained final norm, like every other ViT here. VPT's MAE runs (KMnP/vpt
+  ``src/models/vit_backbones/vit_mae.py``, MAE's fine-tuning default) pool the patch tokens and
+  put a new, randomly initialised ``fc_norm`` in place of the pretrained final norm; that needs a
+  tensor that is not in the weights file, which the strict loader refuses, and it changes the
+  head's input for one backbone only. Numbers of this backbone are therefore not VPT's MAE setup.
 
 Every weights file goes through one strict loader, :func:`load_weights`, whatever the backbone:
 the original Google ``.npz`` (ViT-B_16.npz, with or without ``pre_logits``) and AugReg ``.npz``
 through timm's own npz reader, timm ``.pth`` / ``.safetensors`` state dicts (bare or under a
 ``model`` / ``state_dict`` key) through torch/safetensors and timm's ``clean_state_dict``. Every
 backbone tensor must be in the file with exactly the backbone's shape; nothing is resampled. Only
-the classifier (``head.*``) and the representation layer (``pre_logits.*``, which timm's ViT-B and
-the NOAH/VPT/RLRR code bases do not have) may be absent, and they are never loaded: the methods
-put their own head on the backbone. Anything else is one ``UserError`` line saying what is wrong.
+the classifier (``head.*``), the representation layer (``pre_logits.*``, which timm's ViT-B and
+the NOAH/VPT/RLRR code bases do not have) and what a backbone declares unused (DINOv2's
+``mask_token``, a pretraining-only tensor) may be absent or extra, and they are never loaded: the
+methods put their own head on the backbone. Anything else is one ``UserError`` line saying what is
+wrong and which file the backbone expects.
 """
 from __future__ import annotations
 
@@ -34,30 +51,68 @@ DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
 # sized so that the whole demo suite trains on two CPU cores in minutes.
 DEMO_CONFIG = dict(img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0)
 REAL_BACKBONE = "vit_base_patch16_224"
+HALF = (0.5, 0.5, 0.5)  # the normalisation of the ImageNet-21k ViTs (and of the demo)
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """One backbone: how to build it randomly initialised (no download), and its default weights."""
+    """One backbone: how to build it randomly initialised (no download), what it expects."""
 
     name: str
+    family: str  # the ``methods.families`` family its model belongs to: "vit" | "swin"
     build: Callable[[int], nn.Module]  # num_classes -> model
+    image_size: int  # the input size it runs at; a suite's recipe must use the same
+    mean: tuple[float, float, float]  # input normalisation of its pretrained weights
+    std: tuple[float, float, float]
+    weights: str  # the file to pass with --pretrained, in one line (messages, README)
     default_weights: Path | None = None
+    unused: tuple[str, ...] = ()  # key prefixes a weights file may carry that are never loaded
 
 
 def _build_demo(num_classes: int) -> nn.Module:
     return timm.models.vision_transformer.VisionTransformer(num_classes=num_classes, **DEMO_CONFIG)
 
 
-def _build_timm(name: str) -> Callable[[int], nn.Module]:
-    return lambda num_classes: timm.create_model(name, pretrained=False, num_classes=num_classes)
+def _timm(name: str, family: str, tag: str, weights: str, unused: tuple[str, ...] = (), **kwargs) -> Backbone:
+    """A timm architecture, randomly initialised (``pretrained=False``: never a download), with the
+    normalisation timm's pretrained config ``tag`` gives the weights that users are told to pass."""
+    cfg = timm.models.get_pretrained_cfg(tag)
+
+    def build(num_classes: int) -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+    return Backbone(name, family, build, 224, tuple(cfg.mean), tuple(cfg.std), weights, unused=unused)
 
 
-_REGISTRY = {
-    "demo": Backbone("demo", _build_demo, DEMO_CHECKPOINT),
-    REAL_BACKBONE: Backbone(REAL_BACKBONE, _build_timm(REAL_BACKBONE)),
-}
+_REGISTRY = {b.name: b for b in (
+    Backbone("demo", "vit", _build_demo, DEMO_CONFIG["img_size"], HALF, HALF,
+             "bench/assets/demo_vit.safetensors (committed; the default) or a `python -m bench.pretrain_demo` file",
+             DEMO_CHECKPOINT),
+    _timm(REAL_BACKBONE, "vit", "vit_base_patch16_224.augreg_in21k",
+          "ViT-B_16.npz (original ImageNet-21k release, the papers' weights) or "
+          "timm/vit_base_patch16_224.augreg_in21k"),
+    _timm("vit_large_patch16_224", "vit", "vit_large_patch16_224.augreg_in21k",
+          "ViT-L_16.npz (original ImageNet-21k release) or timm/vit_large_patch16_224.augreg_in21k"),
+    _timm("vit_huge_patch14_224", "vit", "vit_huge_patch14_224.orig_in21k",
+          "ViT-H_14.npz (original ImageNet-21k release) or timm/vit_huge_patch14_224.orig_in21k"),
+    _timm("vit_base_patch14_dinov2", "vit", "vit_base_patch14_dinov2.lvd142m",
+          "timm/vit_base_patch14_dinov2.lvd142m or Meta's dinov2_vitb14_pretrain.pth",
+          unused=("mask_token",), dynamic_img_size=True),
+    _timm("vit_base_patch16_clip_224", "vit", "vit_base_patch16_clip_224.openai",
+          "timm/vit_base_patch16_clip_224.openai (its model.safetensors: the image tower in timm's names)"),
+    _timm("vit_base_patch16_224.mae", "vit", "vit_base_patch16_224.mae", "timm/vit_base_patch16_224.mae"),
+    _timm("swin_base_patch4_window7_224", "swin", "swin_base_patch4_window7_224.ms_in22k",
+          "timm/swin_base_patch4_window7_224.ms_in22k (timm's layout; Microsoft's original .pth is not read)"),
+)}
 BACKBONES = tuple(_REGISTRY)
+
+
+def get(name: str) -> Backbone:
+    """The registered backbone ``name``; a ``UserError`` listing the known ones otherwise."""
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise UserError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return spec
 
 
 def create_demo(pretrained: bool | str | Path = True, num_classes: int = 0) -> nn.Module:
@@ -70,16 +125,22 @@ def create_demo(pretrained: bool | str | Path = True, num_classes: int = 0) -> n
 def create_backbone(name: str, pretrained: str | Path | None = None, num_classes: int = 0) -> nn.Module:
     """Build backbone ``name``. ``pretrained`` is a local .npz/.pth/.safetensors file, loaded
     strictly (see :func:`load_weights`); without one the demo loads its committed checkpoint and
-    ViT-B/16 is randomly initialised (tests, ``bench methods``)."""
-    spec = _REGISTRY.get(name)
-    if spec is None:
-        raise UserError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    every other backbone is randomly initialised (tests, ``--pretrained none``)."""
+    spec = get(name)
     path = pretrained or spec.default_weights
     if path is None:
         return spec.build(num_classes)
     # the file is read (and a bad one refused) before the model is built: no ViT-B initialisation
     # is spent on a typo or a text file
     return _build_loaded(spec.build, read_weights(path), num_classes, name)
+
+
+def create_meta(name: str, num_classes: int = 0) -> nn.Module:
+    """Backbone ``name`` on the meta device: every shape, no memory, no initialisation. Enough to
+    count parameters (``bench methods``) on any backbone, ViT-H's 632M included, instantly."""
+    spec = get(name)
+    with torch.device("meta"):
+        return spec.build(num_classes)
 
 
 def _build_loaded(build: Callable[[int], nn.Module], weights: WeightsFile, num_classes: int,
@@ -141,9 +202,10 @@ def read_weights(path: str | Path) -> WeightsFile:
 
 
 def load_weights(model: nn.Module, weights: str | Path | WeightsFile, backbone: str) -> None:
-    """Load a weights file into ``model`` (any timm model; ``backbone`` names it in messages),
-    strictly: every tensor of ``model`` except its head must be in the file with the same shape;
-    the file may hold nothing else but ``head.*`` / ``pre_logits.*``, which are never loaded.
+    """Load a weights file into ``model`` (any timm model; ``backbone`` names it in messages and,
+    when registered, says which extra tensors its files may carry), strictly: every tensor of
+    ``model`` except its head must be in the file with the same shape; the file may hold nothing
+    else but ``head.*`` / ``pre_logits.*`` and the backbone's ``unused`` tensors, never loaded.
     Shapes are checked before anything is copied, so timm's readers never resample. Raises
     ``UserError``."""
     if not isinstance(weights, WeightsFile):
@@ -218,15 +280,23 @@ def _read_state_dict(path: Path, kind: str) -> dict:
     return timm.models.clean_state_dict(checkpoint)  # strips DDP 'module.' / torch.compile prefixes
 
 
+def _never_loaded(backbone: str) -> tuple[str, ...]:
+    """Key prefixes a file for ``backbone`` may carry that are never loaded: the head, the
+    representation layer and what the backbone declares ``unused``."""
+    spec = _REGISTRY.get(backbone)
+    return _OPTIONAL + (spec.unused if spec else ())
+
+
 def _load_state_dict(model: nn.Module, state: dict, path: Path, backbone: str) -> None:
-    needed = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_OPTIONAL)}
+    skip = _never_loaded(backbone)
+    needed = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
     have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()
-            if not k.startswith(_OPTIONAL)}
+            if not k.startswith(skip)}
     _check_fits(needed, have, _timm_signature, path, backbone)
     # timm's checkpoint_filter_fn is not applied: it exists to resample mismatched shapes, and
     # here every shape already matches
     result = model.load_state_dict({k: state[k] for k in needed}, strict=False)
-    assert not result.unexpected_keys and all(k.startswith(_OPTIONAL) for k in result.missing_keys), result
+    assert not result.unexpected_keys and all(k.startswith(skip) for k in result.missing_keys), result
 
 
 def _load_npz(model: nn.Module, weights: WeightsFile, backbone: str) -> None:
@@ -332,7 +402,8 @@ def _check_fits(needed: dict, have: dict, signature: Callable, path: Path, backb
     if len(missing) == len(needed):
         sample = ", ".join(list(have)[:3]) or "nothing"
         raise UserError(f"cannot load {path}: not weights for {backbone}: none of its {len(needed)} backbone "
-                        f"tensors is in the file (it holds {len(have)} entries: {sample}{', ...' if len(have) > 3 else ''})")
+                        f"tensors is in the file (it holds {len(have)} entries: {sample}{', ...' if len(have) > 3 else ''})"
+                        f"{_expected(backbone)}")
     parts = _architecture_hints(signature(have), signature(needed))
     if missing:
         parts.append(f"{len(missing)} backbone tensors missing ({_names(missing)})")
@@ -341,7 +412,13 @@ def _check_fits(needed: dict, have: dict, signature: Callable, path: Path, backb
     if misshaped:
         shown = ", ".join(f"{k} {_shape(have[k])} vs {_shape(needed[k])}" for k in misshaped[:2])
         parts.append(f"{len(misshaped)} of the wrong shape ({shown}{', ...' if len(misshaped) > 2 else ''})")
-    raise UserError(f"cannot load {path}: does not fit {backbone}: {'; '.join(parts)}")
+    raise UserError(f"cannot load {path}: does not fit {backbone}: {'; '.join(parts)}{_expected(backbone)}")
+
+
+def _expected(backbone: str) -> str:
+    """The end of a refusal: which file the backbone reads (when it is a registered one)."""
+    spec = _REGISTRY.get(backbone)
+    return f"; {backbone} reads {spec.weights}" if spec else ""
 
 
 def _names(keys: list[str], n: int = 3) -> str:
@@ -352,17 +429,24 @@ def _shape(shape) -> str:
     return "(not a float tensor)" if shape is None else "(" + ", ".join(map(str, shape)) + ")"
 
 
+_FAMILY_NAMES = {"vit": "ViT", "swin": "Swin Transformer"}
+
+
 def _architecture_hints(file: dict, model: dict) -> list[str]:
-    """What the file looks like when it is a ViT of another width, patch size, depth or image size."""
+    """What the file looks like when it is another family, or a model of the same family with
+    another width, patch size, depth or image size."""
     def fmt(key, value):
         return "x".join(map(str, value)) if key == "patch" else str(value)
 
+    if file.get("family") and model.get("family") and file["family"] != model["family"]:
+        return [f"holds a {_FAMILY_NAMES[file['family']]}, the backbone is a {_FAMILY_NAMES[model['family']]}"]
+    noun = _FAMILY_NAMES[model.get("family") or "vit"]
     differs = [k for k in ("width", "patch") if file.get(k) and model.get(k) and file[k] != model[k]]
     if file.get("depth", 0) > model.get("depth", 0):  # fewer blocks: reported as missing tensors
         differs.append("depth")
     hints = []
     if differs:
-        hints.append(f"looks like a {', '.join(f'{k}-{fmt(k, file[k])}' for k in differs)} ViT, the backbone is "
+        hints.append(f"looks like a {', '.join(f'{k}-{fmt(k, file[k])}' for k in differs)} {noun}, the backbone is "
                      f"{', '.join(f'{k} {fmt(k, model[k])}' for k in differs)}")
     if "patch" not in differs and file.get("tokens") and model.get("tokens") and file["tokens"] != model["tokens"]:
         hints.append(f"its position embedding has {file['tokens']} tokens, the backbone's {model['tokens']} "
@@ -384,12 +468,18 @@ def _signature(shapes: dict, patch_key: str, hwio: bool, pos_key: str, block: st
 
 
 def _timm_signature(shapes: dict) -> dict:
-    return _signature(shapes, "patch_embed.proj.weight", False, "pos_embed", r"blocks\.(\d+)\.")
+    sig = _signature(shapes, "patch_embed.proj.weight", False, "pos_embed", r"blocks\.(\d+)\.")
+    if any(re.match(r"layers\.\d+\.blocks\.", k) for k in shapes):  # timm's Swin: blocks in stages
+        sig["family"] = "swin"
+    elif sig["depth"]:
+        sig["family"] = "vit"
+    return sig
 
 
 def _npz_signature(shapes: dict) -> dict:
-    return _signature(shapes, "embedding/kernel", True, "Transformer/posembed_input/pos_embedding",
-                      r"Transformer/encoderblock_(\d+)/")
+    sig = _signature(shapes, "embedding/kernel", True, "Transformer/posembed_input/pos_embedding",
+                     r"Transformer/encoderblock_(\d+)/")
+    return {**sig, "family": "vit"}
 
 
 def file_sha256(path: str | Path) -> str:

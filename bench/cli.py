@@ -13,6 +13,8 @@ import sys
 from .errors import UserError
 
 EXIT_USER_ERROR = 2
+# bench.backbones is not imported here (it imports timm): `bench --help` stays instant
+BACKBONE_HELP = "backbone name, e.g. vit_large_patch16_224 or swin_base_patch4_window7_224 (an unknown name lists all)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,13 +39,16 @@ def version() -> str:
 
 def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="demo", help="demo | vtab1k | fgvc (default: demo)")
+    p.add_argument("--backbone", default=None,
+                   help=f"{BACKBONE_HELP} (default: the suite's, vit_base_patch16_224 for vtab1k and fgvc)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: every task of the suite)")
     p.add_argument("--seeds", default=None, help="comma-separated integer seeds for the final fits (default: the suite's)")
     p.add_argument("--trials", type=int, default=None, help="Optuna trials per (method, task) (default: the suite's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the suite's recipe)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the suite's recipe)")
     p.add_argument("--data-root", default=None, help="folder holding the suite's data (real suites)")
-    p.add_argument("--pretrained", default=None, help="local backbone weights file (.npz/.pth/.safetensors)")
+    p.add_argument("--pretrained", default=None,
+                   help="local backbone weights file (.npz/.pth/.safetensors), or 'none' for a random init")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--out", default="runs", help="output folder: studies, MLflow store, caches (default: runs)")
     p.add_argument("--storage", default=None, help="Optuna storage URL shared by workers (default: SQLite under --out)")
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("methods", help="list registered methods, parameter counts and hyperparameters")
-    p.add_argument("--backbone", default="vit_base_patch16_224", help="vit_base_patch16_224 | demo")
+    p.add_argument("--backbone", default="vit_base_patch16_224",
+                   help=f"{BACKBONE_HELP} (default: vit_base_patch16_224)")
     p.add_argument("--num-classes", type=int, default=100, help="head size for the 'with head' column")
     p.set_defaults(handler="bench.methods_table:main")
 
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="bench.report:main")
 
     p = sub.add_parser("perf", help="measure speed and memory of every method")
-    p.add_argument("--backbone", default="demo", help="demo | vit_base_patch16_224")
+    p.add_argument("--backbone", default="demo", help=f"{BACKBONE_HELP} (default: demo)")
     p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64 demo, 32 ViT-B)")

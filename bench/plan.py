@@ -1,5 +1,5 @@
 """`bench run --dry-run`: the plan (studies, trials, final fits) and what it will cost, estimated
-from throughput measured now on this machine with the suite's backbone. Nothing is written."""
+from throughput measured now on this machine with the run's backbone. Nothing is written."""
 from __future__ import annotations
 
 import torch
@@ -10,11 +10,13 @@ from .perf import seconds_per_call
 from .train import autocast, head_only, make_optimizer, train_step
 
 
-def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int) -> tuple[float, float, bool]:
-    """(train img/s, forward-only img/s, head-only?) of one method on random images."""
+def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int,
+           image_size: int) -> tuple[float, float, bool]:
+    """(train img/s, forward-only img/s, head-only?) of one method on random images of the
+    suite's size (not the model's own: DINOv2 is built for 518 px and run at 224)."""
     torch.manual_seed(0)
     model = methods.get(method).apply(base, num_classes=10, **hparams).to(device)
-    x = torch.randn(batch, 3, *base.patch_embed.img_size, device=device)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = make_optimizer(model, 1e-4, 0.0, device)
 
@@ -52,18 +54,18 @@ def print_plan(spec) -> None:
         sizes[task.name] = [split_size(s, task.name, split, data_root=spec.data_root)
                             for split in (s.splits.tune_train, s.splits.tune_val, s.splits.final_train)]
     base = build_backbone(spec)
-    cpu_vit = spec.device == "cpu" and s.backbone != "demo"
+    cpu_vit = spec.device == "cpu" and spec.backbone != "demo"
     batch, steps = (min(spec.batch_size, 8), 1) if cpu_vit else (spec.batch_size, 3)
     rows, total = [], 0.0
     for method in spec.methods:
         train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
-                                              steps)
+                                              steps, int(s.recipe["image_size"]))
         seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe)
                       for t in spec.tasks)
         total += seconds
         rows.append([method, len(spec.tasks), spec.trials * len(spec.tasks), len(spec.seeds) * len(spec.tasks),
                      f"{train_rate:,.0f}", f"{eval_rate:,.0f}", f"{seconds / 60:,.1f}"])
-    print(f"Plan: suite {s.name}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = "
+    print(f"Plan: suite {s.name} on {spec.backbone}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = "
           f"{len(spec.methods) * len(spec.tasks)} studies of {spec.trials} trials; final fits on seeds "
           f"{', '.join(map(str, spec.seeds))}; {spec.epochs} epochs, batch {spec.batch_size}, device {spec.device}.")
     print(tabulate(rows, headers=["method", "studies", "trials", "final fits", "train img/s", "eval img/s",

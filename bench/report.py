@@ -2,11 +2,17 @@
 
 For each suite it reads the FINISHED runs tagged ``phase=final`` of the experiment
 ``peft-bench/<suite>`` (schema: ``bench/tracking.py``), aggregates them with pandas and writes
-``<out>/<suite>.md`` (GitHub pipe tables via tabulate) and ``<out>/<suite>_params.png``.
+``<out>/<suite>.md`` (GitHub pipe tables via tabulate) and ``<out>/<suite>_params.png``: one
+leaderboard per backbone the suite's runs used.
 The markdown is a function of the MLflow content alone (no timestamps, stable sorting, fixed float
 formats), so the same store renders byte-identical files.
 
 Rules the table follows, beyond the schema:
+- One leaderboard per backbone (the ``backbone`` param of each run; a run that records none, which
+  ``bench run`` never writes, counts as on the suite's backbone): results of two backbones never
+  share a row, a mean or a bold mark. The paper column and Δ appear only in the leaderboard of the
+  suite's own backbone (``backbone`` in its catalog file), the one the published rows were
+  measured on: a ViT-L or DINOv2 row is never compared with ViT-B/16 numbers.
 - One row per experiment: a cell only ever aggregates runs of one identity (protocol: epochs,
   warm-up, batch, trials; backbone; weights hash; data hash; hyperparameters fixed with --hparam).
   The suite's main identity is the one most final runs share; a row of another identity is
@@ -61,6 +67,11 @@ PAPER_ROW = {
     ("vpt", "shallow"): "vpt_shallow",
     ("adapter", "sequential"): "adapter_noah",  # NOAH's adapter: bottleneck 8, after the MLP, 0.16M
     ("adapter", "parallel"): "adaptformer",
+    ("bitfit", ""): "bias",
+    ("fact_tt", ""): "fact_tt",
+    ("fact_tk", ""): "fact_tk",
+    ("convpass", ""): "convpass",
+    ("repadapter", ""): "repadapter",
 }
 # How the published rows were obtained, where it differs from this harness's protocol (tuned on
 # the validation split, last-epoch test accuracy, several seeds): see datasets/reference/README.md.
@@ -173,8 +184,9 @@ def _most_common(values: pd.Series, start: pd.Series):
 
 def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Row labels, one per experiment identity: the method, then what sets its runs apart from the
-    suite's main identity (that of most finished runs; per task for the data hash): fixed
-    hyperparameters, protocol fields, weights, data. E.g. 'lora', 'lora (rank=4)', 'lora (epochs=1)'."""
+    main identity (that of most finished runs; per task for the data hash): fixed hyperparameters,
+    protocol fields, weights, data. E.g. 'lora', 'lora (rank=4)', 'lora (epochs=1)'. ``runs`` are
+    those of one backbone (``by_backbone``), so the backbone itself never needs a label."""
     done = runs[~runs["failed"]]
     basis = done if not done.empty else runs
     main = {k: _most_common(basis[k], basis["start"]) for k in IDENTITY}
@@ -183,8 +195,6 @@ def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
     for rec in runs.to_dict("records"):
         parts = [rec["fixed"]] if rec["fixed"] else []
         parts += [f"{k}={rec[k] or '?'}" for k in PROTOCOL if rec[k] != main[k]]
-        if rec["backbone"] != main["backbone"]:
-            parts.append(rec["backbone"] or "backbone?")
         if rec["weights_sha256"] == tracking.RANDOM_INIT:
             parts.append("random init")
         elif rec["weights_sha256"] != main["weights_sha256"]:
@@ -473,13 +483,21 @@ def notes(suite: catalog.Suite, runs: pd.DataFrame, tasks: list[str], groups: di
     return out
 
 
-def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
-                    commit: tuple[str, str] | None = None) -> tuple[str, pd.DataFrame]:
-    """The whole ``<suite>.md`` text, and the per-row summary the plot draws. ``commit``: (the
-    current commit, where it comes from); by default the checkout's (``checkout_commit``)."""
+def by_backbone(suite: catalog.Suite, runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The runs split by backbone: the suite's own backbone first (the published rows' one), then
+    the others by name. A run that records no backbone counts as on the suite's."""
+    runs = runs.assign(backbone=runs["backbone"].where(runs["backbone"] != "", suite.backbone))
+    names = sorted(set(runs["backbone"]), key=lambda b: (b != suite.backbone, b))
+    return [(b, runs[runs["backbone"] == b].reset_index(drop=True)) for b in names]
+
+
+def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str, str],
+                compare: bool) -> tuple[list[str], pd.DataFrame, list[str], int]:
+    """One backbone's leaderboard: (the table and its notes as markdown lines, the per-row
+    summary, the tasks shown, the number of runs counted). ``compare``: whether the published
+    rows were measured on this backbone (the paper column and Δ)."""
     labelled = label_rows(all_runs)
     finished = labelled[~labelled["failed"]]
-    commit = commit or checkout_commit(finished)
     known = finished[finished["task"].isin(list(suite.tasks))]
     runs = latest_per_seed(known)
     lost = failed_seeds(labelled[labelled["failed"] & labelled["task"].isin(list(suite.tasks))], runs)
@@ -488,27 +506,68 @@ def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
     groups = task_groups(suite, tasks)
     summary = summarize(runs, cells, tasks, groups)
     partial = missing_notes(cells, tasks, groups)
-    reference = load_reference(suite.name)
+    reference = load_reference(suite.name) if compare else None
     paper = delta = ref_rows = None
     delta_notes: list[str] = []
     if reference is not None:
         ref_rows = reference_rows(runs, reference)
         paper, delta, delta_notes = paper_and_delta(summary, cells, ref_rows, reference, list(suite.tasks))
-    table = build_table(cells, tasks, groups, summary, partial, paper, delta)
-    lines = [f"# {suite.title} leaderboard", "",
-             f"Rendered by `bench report` from {len(runs)} finished final runs in the MLflow experiment "
-             f"`{tracking.experiment_name(suite.name)}` ({summary.shape[0]} rows, {len(tasks)} tasks). "
-             f"Current commit: {commit[0]}.", "", table, ""]
+    lines = [build_table(cells, tasks, groups, summary, partial, paper, delta), ""]
     lines += [f"- {n}" for n in notes(suite, runs, tasks, groups, commit, ref_rows, reference)]
     lines += [f"- {n}" for n in list(partial.values()) + failed_notes(lost) + delta_notes]
     lines += _ignored_notes(finished, known, runs)
+    return lines, summary, tasks, len(runs)
+
+
+def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
+                    commit: tuple[str, str] | None = None) -> tuple[str, pd.DataFrame]:
+    """The whole ``<suite>.md`` text, and the per-row summary the plot draws (with several
+    backbones, rows of a backbone other than the suite's labelled ``method [backbone]``).
+    ``commit``: (the current commit, where it comes from); by default the checkout's
+    (``checkout_commit``)."""
+    commit = commit or checkout_commit(all_runs[~all_runs["failed"]])
+    reference = load_reference(suite.name)
+    boards = [(backbone, *leaderboard(suite, runs, commit, backbone == suite.backbone))
+              for backbone, runs in by_backbone(suite, all_runs)]
+    lines = [f"# {suite.title} leaderboard", ""]
+    if len(boards) == 1:
+        (backbone, body, summary, tasks, n_runs), = boards
+        lines += [f"Rendered by `bench report` from {n_runs} finished final runs on backbone `{backbone}` in "
+                  f"the MLflow experiment `{tracking.experiment_name(suite.name)}` ({summary.shape[0]} rows, "
+                  f"{len(tasks)} tasks). Current commit: {commit[0]}.", "", *body]
+        if reference is not None and backbone != suite.backbone:
+            lines.append(f"- {_not_compared(suite, backbone)}")
+        summaries = [summary]
+    else:
+        lines += [f"Rendered by `bench report` from {sum(b[4] for b in boards)} finished final runs in the "
+                  f"MLflow experiment `{tracking.experiment_name(suite.name)}` on {len(boards)} backbones: one "
+                  f"leaderboard per backbone (rows, means and bold marks never mix backbones). Current commit: "
+                  f"{commit[0]}.", ""]
+        summaries = []
+        for backbone, body, summary, tasks, n_runs in boards:
+            own = backbone == suite.backbone
+            lines += [f"## Backbone `{backbone}`" + (" (the published rows' backbone)" if own else ""), "",
+                      f"{n_runs} finished final runs ({summary.shape[0]} rows, {len(tasks)} tasks).", "", *body]
+            if reference is not None and not own:
+                lines.append(f"- {_not_compared(suite, backbone)}")
+            lines.append("")
+            summaries.append(summary if own else summary.rename(index=lambda label: f"{label} [{backbone}]"))
+        summary = pd.concat(summaries)
     lines += ["", f"![Mean accuracy vs trainable parameters]({suite.name}_params.png)", ""]
     if reference is not None:
+        shown = {t for b in boards for t in b[3]}
         lines += ["## Published reference", "",
                   f"As transcribed in bench/catalog_data/reference/{suite.name}_reported.csv ('-': not transcribed, "
                   f"never imputed). Rows ending in _star use SSF-style data augmentation: another protocol, "
-                  f"never the reference of a run without it.", "", paper_table(reference, tasks), ""]
-    return "\n".join(lines), summary
+                  f"never the reference of a run without it.", "",
+                  paper_table(reference, [t for t in suite.tasks if t in shown]), ""]
+    # one blank line between blocks, however the sections above ended
+    return "\n".join(line for i, line in enumerate(lines) if line or not (i and lines[i - 1] == "")), summary
+
+
+def _not_compared(suite: catalog.Suite, backbone: str) -> str:
+    return (f"No paper column: the published rows of {suite.title} were measured on {suite.backbone}; results "
+            f"on {backbone} are never compared with them.")
 
 
 def failed_notes(lost: pd.DataFrame) -> list[str]:

@@ -39,6 +39,7 @@ class ProtocolError(RuntimeError):
 class RunSpec:
     suite: Suite
     tasks: list[Task]
+    backbone: str  # a name of ``bench.backbones.BACKBONES``: --backbone, else the suite's
     methods: list[str]
     seeds: list[int]
     trials: int
@@ -75,9 +76,11 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     return values
 
 
-def parse_methods(text: str) -> list[str]:
+def parse_methods(text: str, family: str | None = None) -> list[str]:
+    """``--methods``: 'all' (every registered method that runs on backbones of ``family``, when
+    given) or comma-separated names, each checked to exist."""
     if text.strip() == "all":
-        return methods.names()
+        return [m for m in methods.names() if family is None or methods.supports(m, family)]
     chosen = [m.strip() for m in text.split(",") if m.strip()]
     if not chosen:
         raise UserError("--methods is empty; use 'all' or names from: " + ", ".join(methods.names()))
@@ -138,10 +141,27 @@ def _writable_dir(path: Path) -> Path:
     return path.resolve()
 
 
+def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbones.Backbone:
+    """The backbone ``name`` if the suite's images fit it and every chosen method runs on its
+    family; else one ``UserError`` line (before anything is built or written)."""
+    spec = backbones.get(name)
+    size = int(suite.recipe["image_size"])
+    if size != spec.image_size:
+        raise UserError(f"backbone {name} runs on {spec.image_size}px images; suite {suite.name}'s are {size}px")
+    for method in method_names:
+        if not methods.supports(method, spec.family):
+            why = methods.get(method).unsupported_why
+            raise UserError(f"method {method} does not run on {name} ({spec.family} family)"
+                            f"{': ' + why if why else ''}; drop it from --methods")
+    return spec
+
+
 def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec:
     """Validate every flag before anything is written."""
     suite = load_suite(args.suite)
     tasks = suite.select(args.tasks)
+    backbone = getattr(args, "backbone", None) or suite.backbone  # callers without the flag: the suite's
+    check_backbone(backbone, suite, method_names)
     for value, what in ((args.trials, "--trials"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
         _positive(value, what)
     if args.workers < 0:
@@ -154,10 +174,10 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
     pretrained, random_init = args.pretrained, args.pretrained == tracking.RANDOM_INIT
     if random_init:
         pretrained = None  # asked for explicitly: a randomly initialised backbone
-    elif pretrained is None and suite.backbone != "demo":
-        raise UserError(f"suite {suite.name} compares with published results of a pretrained "
-                        f"{suite.backbone}: pass --pretrained FILE (or --pretrained none to train a randomly "
-                        "initialised backbone on purpose)")
+    elif pretrained is None and backbones.get(backbone).default_weights is None:
+        raise UserError(f"suite {suite.name} on {backbone} needs its pretrained weights: pass --pretrained FILE "
+                        "(or --pretrained none to train a randomly initialised backbone on purpose); "
+                        f"{backbone} reads {backbones.get(backbone).weights}")
     elif pretrained and not Path(pretrained).is_file():
         raise UserError(f"pretrained weights file not found: {pretrained}")
     device = resolve_device(args.device)
@@ -168,7 +188,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         raise UserError(f"malformed --tracking-uri {tracking_uri!r}; expected e.g. sqlite:///path/mlflow.db "
                         "or http://host:5000")
     return RunSpec(
-        suite=suite, tasks=tasks, methods=method_names, seeds=seeds,
+        suite=suite, tasks=tasks, backbone=backbone, methods=method_names, seeds=seeds,
         trials=args.trials or suite.recipe["trials"], epochs=epochs,
         warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
@@ -196,8 +216,9 @@ class SplitGuard:
 
         if split == self.spec.suite.splits.test and self.phase != "final":
             raise ProtocolError(f"the test split of {task} was requested during {self.phase}")
+        backbone = backbones.get(self.spec.backbone)  # images normalised as its weights expect
         return open_split(self.spec.suite, task, split, data_root=self.spec.data_root, train=train,
-                          cache_dir=self.cache_dir)
+                          cache_dir=self.cache_dir, mean=backbone.mean, std=backbone.std)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -220,20 +241,27 @@ def open_stores(spec: RunSpec):
 
 
 def build_backbone(spec: RunSpec):
-    """The suite's backbone: from ``--pretrained FILE``, the demo's committed checkpoint, or
+    """The run's backbone: from ``--pretrained FILE``, the demo's committed checkpoint, or
     randomly initialised when the user asked for it (``--pretrained none``)."""
     if spec.random_init:
-        if spec.suite.backbone == "demo":
+        if spec.backbone == "demo":
             return backbones.create_demo(pretrained=False)
-        return backbones.create_backbone(spec.suite.backbone)
-    return backbones.create_backbone(spec.suite.backbone, spec.pretrained)
+        return backbones.create_backbone(spec.backbone)
+    return backbones.create_backbone(spec.backbone, spec.pretrained)
 
 
 def weights_file(spec: RunSpec) -> Path | None:
     """The weights file the backbone was loaded from (None: random initialisation)."""
     if spec.random_init:
         return None
-    return Path(spec.pretrained) if spec.pretrained else backbones.DEMO_CHECKPOINT
+    return Path(spec.pretrained) if spec.pretrained else backbones.get(spec.backbone).default_weights
+
+
+def study_suite(spec: RunSpec) -> str:
+    """The suite part of the run's Optuna study names: the suite's name on its own backbone (the
+    names of every earlier run), ``suite@backbone`` on another, so that a study tuned on one
+    backbone never hands its trials or its best hyperparameters to another."""
+    return spec.suite.name if spec.backbone == spec.suite.backbone else f"{spec.suite.name}@{spec.backbone}"
 
 
 class Runner:
@@ -247,7 +275,7 @@ class Runner:
         self.guard = SplitGuard(spec)
         weights = weights_file(spec)
         self.provenance = {
-            "backbone": spec.suite.backbone,
+            "backbone": spec.backbone,
             "weights_file": str(weights) if weights else "random-init",
             "weights_sha256": backbones.file_sha256(weights) if weights else tracking.RANDOM_INIT,
             "git_commit": tracking.git_commit(),
@@ -319,7 +347,7 @@ class Runner:
 
     # -- tuning --------------------------------------------------------------------------------
     def _study(self, method: str, task: Task):
-        name = study_name(self.spec.suite.name, method, task.name, self.spec.fixed.get(method))
+        name = study_name(study_suite(self.spec), method, task.name, self.spec.fixed.get(method))
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         return open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
                           force=self.spec.force and not self._forced(name))
@@ -552,8 +580,13 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
     return next((c if c > 0 else 1 for c in codes if c), 0)
 
 
+def backbone_family(args: argparse.Namespace) -> str:
+    """The family of the backbone a `bench run`/`tune` command asks for (the suite's by default)."""
+    return backbones.get(args.backbone or load_suite(args.suite).backbone).family
+
+
 def main_run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args, parse_methods(args.methods))
+    spec = spec_from_args(args, parse_methods(args.methods, backbone_family(args)))
     jobs = parse_jobs(args.jobs, spec.device, args.force)
     if args.dry_run:
         from .plan import print_plan
@@ -565,7 +598,13 @@ def main_run(args: argparse.Namespace) -> int:
         Runner(spec).run()
         return 0
     studies = len(spec.methods) * len(spec.tasks)
-    print(f"bench run: suite {spec.suite.name}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = {studies} "
+    family = backbones.get(spec.backbone).family
+    skipped = [m for m in methods.names() if args.methods.strip() == "all" and not methods.supports(m, family)]
+    if skipped:
+        print(f"bench run: --methods all on {spec.backbone} leaves out {', '.join(skipped)} (not on {family} "
+              "backbones)", flush=True)
+    print(f"bench run: suite {spec.suite.name} on {spec.backbone}, {len(spec.methods)} methods x "
+          f"{len(spec.tasks)} tasks = {studies} "
           f"studies of {spec.trials} trials, then {studies * len(spec.seeds)} final fits (seeds "
           f"{', '.join(map(str, spec.seeds))}); {spec.epochs} epochs; device {spec.device}; "
           f"{jobs} worker{'s' if jobs > 1 else ''}", flush=True)
@@ -592,7 +631,7 @@ def main_tune(args: argparse.Namespace) -> int:
     runner = Runner(spec)
     runner.tune(spec.methods[0], spec.tasks[0])
     params, source = runner.best(spec.methods[0], spec.tasks[0])
-    print(json.dumps({"study": study_name(spec.suite.name, spec.methods[0], spec.tasks[0].name,
+    print(json.dumps({"study": study_name(study_suite(spec), spec.methods[0], spec.tasks[0].name,
                                           spec.fixed.get(spec.methods[0])),
                       "best_from": source, "params": params}, indent=2, sort_keys=True))
     return 0

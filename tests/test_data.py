@@ -431,3 +431,20 @@ def test_pretraining_beats_random_init_on_linear_probes():
     margins = [pretrain_demo.linear_probe_accuracy(pretrained, t) - pretrain_demo.linear_probe_accuracy(random_init, t)
                for t in tasks]
     assert min(margins) > 15 and sum(margins) / len(margins) > 25, margins
+
+
+def test_the_backbones_normalisation_runs_after_the_shared_decode_cache(vtab_root, count_opens):
+    """Issue 14: each backbone normalises as its weights expect (CLIP's mean/std here), after the
+    uint8 cache: a second backbone's run decodes nothing again and sees the same pixels."""
+    from bench.backbones import get
+
+    clip = get("vit_base_patch16_clip_224")
+    half = open_split("vtab1k", "dtd", "test", data_root=vtab_root)
+    other = open_split("vtab1k", "dtd", "test", data_root=vtab_root, mean=clip.mean, std=clip.std)
+    assert len(count_opens) == 3  # decoded once, for both
+    assert other.images is half.images
+    mean, std = torch.tensor(clip.mean).view(3, 1, 1), torch.tensor(clip.std).view(3, 1, 1)
+    for i in range(3):
+        assert torch.allclose(other[i][0] * std + mean, half[i][0] * 0.5 + 0.5, atol=1e-6)
+    assert get("demo").mean == get("vit_base_patch16_224").std == transforms.MEAN  # the demo keeps 0.5
+    assert get("swin_base_patch4_window7_224").mean == (0.485, 0.456, 0.406)

@@ -162,7 +162,7 @@ def render(capsys, store, tmp_path, suite):
 EXPECTED_TINY = """\
 # Tiny leaderboard
 
-Rendered by `bench report` from 34 finished final runs in the MLflow experiment `peft-bench/tiny` (5 rows, 4 tasks). Current commit: abc123.
+Rendered by `bench report` from 34 finished final runs on backbone `demo` in the MLflow experiment `peft-bench/tiny` (5 rows, 4 tasks). Current commit: abc123.
 
 | Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
 |--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
@@ -424,3 +424,58 @@ def test_default_modes_are_the_methods_defaults():
 
     for method, mode in report.DEFAULT_MODE.items():
         assert methods.get(method).defaults["mode"] == mode
+
+
+# --------------------------------------------------------------------------- issue 14: backbones
+
+def _on(backbone):
+    return {"backbone": backbone, "weights_sha256": backbone[:1] * 64}
+
+
+def test_each_backbone_gets_its_own_leaderboard_and_only_the_suites_is_compared(tmp_path, capsys):
+    """The same method on ViT-B/16 (the published rows' backbone) and on ViT-L/16: two
+    leaderboards, no row mixing them, and no Δ of a ViT-L row against the ViT-B numbers."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    for backbone, acc in (("vit_base_patch16_224", 70.0), ("vit_large_patch16_224", 90.0)):
+        for seed in (1, 2):
+            log_run(client, exp, "lora", "cifar", seed, acc, params_backbone=294_912, params=_on(backbone))
+    log_run(client, exp, "rlrr", "cifar", 1, 95.0, params_backbone=765_952, params=_on("vit_large_patch16_224"))
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    base, large = md.split("## Backbone `vit_large_patch16_224`")
+    assert "## Backbone `vit_base_patch16_224` (the published rows' backbone)" in base
+    assert "on 2 backbones: one leaderboard per backbone" in base
+    base_rows, large_rows = first_table(base), first_table(large)
+    assert set(base_rows) == {"lora"} and set(large_rows) == {"lora", "rlrr"}
+    assert base_rows["lora"]["cifar"] == "**70.0 ± 0.0**" and large_rows["lora"]["cifar"] == "90.0 ± 0.0"
+    assert base_rows["lora"]["paper"] == "72.3" and base_rows["lora"]["Δ"] == "**+2.9**"  # 70.0 - 67.1
+    assert "paper" not in large_rows["lora"] and "Δ" not in large_rows["rlrr"]
+    assert ("No paper column: the published rows of VTAB-1k were measured on vit_base_patch16_224; results on "
+            "vit_large_patch16_224 are never compared with them.") in large
+    assert large_rows["rlrr"]["cifar"] == "**95.0**"  # bold within its own backbone only
+    assert md.count("## Published reference") == 1
+
+
+def test_a_store_of_another_backbone_only_has_no_paper_column(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    log_run(client, exp, "lora", "cifar", 1, 80.0, params_backbone=294_912, params=_on("vit_base_patch14_dinov2"))
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    assert "finished final runs on backbone `vit_base_patch14_dinov2`" in md
+    assert "paper" not in first_table(md)["lora"] and "Δ" not in first_table(md)["lora"]
+    assert "results on vit_base_patch14_dinov2 are never compared with them" in md
+
+
+@pytest.mark.parametrize("method, row", [("bitfit", "bias"), ("fact_tt", "fact_tt"), ("fact_tk", "fact_tk"),
+                                         ("convpass", "convpass"), ("repadapter", "repadapter")])
+def test_new_methods_compare_with_their_published_rows(tmp_path, capsys, method, row):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    log_run(client, exp, method, "cifar", 1, 70.0, params_backbone=1000)
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    expected = report.load_reference("vtab1k").at[row, "mean"]
+    assert first_table(md)[method]["paper"] == report.fmt(float(expected), 1)
+    assert f"{method} → {row}" in md

@@ -216,6 +216,17 @@ def test_linear_probe_trains_on_cached_features(monkeypatch):
     (["run", "--hparam", "lora.rank=0"], "rank"),
     (["run", "--bogus-flag"], "unrecognized arguments"),
     (["tune", "--method", "lora", "--task", "nope"], "unknown task 'nope'"),
+    # issue 14: the backbone is checked with the flags, before anything is built or written
+    (["run", "--backbone", "vit_gigantic"], "unknown backbone 'vit_gigantic'; known: demo, vit_base_patch16_224, "),
+    (["run", "--suite", "vtab1k", "--backbone", "swin_base_patch4_window7_224", "--methods", "lora,vpt"],
+     "method vpt does not run on swin_base_patch4_window7_224 (swin family): VPT's Swin variant"),
+    (["tune", "--suite", "vtab1k", "--backbone", "swin_base_patch4_window7_224", "--method", "vpt",
+      "--task", "cifar"], "method vpt does not run on swin_base_patch4_window7_224"),
+    (["run", "--backbone", "vit_large_patch16_224"], "backbone vit_large_patch16_224 runs on 224px images; suite "
+                                                     "demo's are 32px"),
+    (["run", "--suite", "vtab1k", "--backbone", "vit_large_patch16_224", "--data-root", "."],
+     "pass --pretrained FILE (or --pretrained none to train a randomly initialised backbone on purpose); "
+     "vit_large_patch16_224 reads ViT-L_16.npz"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"
@@ -354,3 +365,48 @@ def test_bench_tune_runs_one_study_and_prints_its_best_params(tmp_path, capsys):
     assert set(best["params"]) == {"lr", "weight_decay", "rank", "alpha"}
     assert len(study(tmp_path, "lora", "count").trials) == 2
     assert final_runs(tmp_path) == []  # tuning only: no final fit, the test split untouched
+
+
+# --------------------------------------------------------------------------- issue 14: --backbone
+def test_methods_all_means_every_method_that_runs_on_the_backbone():
+    import methods
+
+    assert runner_mod.parse_methods("all", "vit") == methods.names()
+    on_swin = runner_mod.parse_methods("all", "swin")
+    assert "vpt" not in on_swin and {"full", "linear", "lora", "adapter", "ssf", "rlrr"} <= set(on_swin)
+    assert on_swin == [m for m in methods.names() if methods.supports(m, "swin")]
+
+
+def test_a_run_on_another_backbone_records_it_tunes_apart_and_normalises_as_it(tmp_path, monkeypatch):
+    """A small Swin registered as a backbone of the 32 px demo suite: the run trains it end to
+    end; its runs record it, its studies are not the demo backbone's, its images are normalised
+    with its own mean and std."""
+    import bench.data
+    from timm.models.swin_transformer import SwinTransformer
+
+    from bench import backbones
+
+    def build(num_classes):
+        return SwinTransformer(img_size=32, patch_size=4, window_size=2, embed_dim=8, depths=(1, 1),
+                               num_heads=(1, 2), num_classes=num_classes)
+
+    tiny = backbones.Backbone("tiny_swin", "swin", build, 32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "nothing (a test)")
+    monkeypatch.setitem(backbones._REGISTRY, tiny.name, tiny)
+    seen = []
+    real_open = bench.data.open_split
+
+    def recording_open(suite, task, split, **kw):
+        seen.append((kw["mean"], kw["std"]))
+        return real_open(suite, task, split, **kw)
+
+    monkeypatch.setattr(bench.data, "open_split", recording_open)
+    args = ["run", "--backbone", "tiny_swin", "--pretrained", "none", "--methods", "lora", "--tasks", "count",
+            "--epochs", "1", "--trials", "1", "--seeds", "1", "--out", str(tmp_path), "--no-report", "--jobs", "1"]
+    assert main(args) == 0
+    (run,) = final_runs(tmp_path)
+    assert run.data.params["backbone"] == "tiny_swin"
+    assert '"backbone": "tiny_swin"' in run.data.tags[tracking.EXPERIMENT_TAG]
+    assert set(seen) == {(tiny.mean, tiny.std)}
+    storage = runner_mod.open_storage(None, tmp_path)
+    studies = [s.study_name for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith("claim:")]
+    assert studies == ["demo@tiny_swin.lora.count"]  # the demo backbone's study is demo.lora.count

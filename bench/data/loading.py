@@ -12,12 +12,13 @@ from ..errors import UserError
 from . import demo_tasks, layouts, manifest
 from .datasets import LabelledImages
 from .decoded_cache import decode_all
-from .transforms import Decoder, image_plan, tensor_transform
+from .transforms import MEAN, STD, Decoder, image_plan, tensor_transform
 
 
 def open_split(suite: Suite | str, task: str, split: str, data_root: str | None = None,
-               train: bool = False, cache_dir: str | None = None) -> Dataset:
-    """Split ``split`` of ``task`` as ``(float32 CHW image normalised by 0.5/0.5, int label)`` pairs.
+               train: bool = False, cache_dir: str | None = None, mean=MEAN, std=STD) -> Dataset:
+    """Split ``split`` of ``task`` as ``(float32 CHW image, int label)`` pairs, normalised by ``mean``
+    and ``std`` (the backbone's; default 0.5/0.5, the ImageNet-21k ViTs' and the demo's).
 
     ``train=True`` applies the suite's training augmentation (FGVC: random crop and flip).
     Images are decoded here, once per process and set of files (see ``decoded_cache``); ``cache_dir``
@@ -28,7 +29,7 @@ def open_split(suite: Suite | str, task: str, split: str, data_root: str | None 
     spec = suite.task(task)
     _check_split_name(suite, split)
     plan = image_plan(suite, spec, train)
-    transform = tensor_transform(plan)
+    transform = tensor_transform(plan, mean, std)
     if _is_generated(spec):
         data = _generated(spec)
         if plan.kind != "none" or plan.image_size != data.images.shape[-1]:

@@ -3,7 +3,10 @@
 1. ``Decoder``: file -> uint8 (3, S, S) at the deterministic pre-augmentation size S
    (VTAB: resize to image_size; FGVC: resize to 256). Its output is what ``decoded_cache`` stores.
 2. ``tensor_transform``: cached uint8 tensor -> normalised float32 tensor, with the random crop and
-   flip of the training recipe (FGVC) or the centre crop of evaluation.
+   flip of the training recipe (FGVC) or the centre crop of evaluation. The normalisation is the
+   backbone's (``bench.backbones.Backbone.mean`` / ``std``: 0.5 for the ImageNet-21k ViTs and the
+   demo, ImageNet's for DINOv2, MAE and Swin, OpenAI's for CLIP); it runs after the cache, so the
+   decoded images are shared by every backbone and the cache's key does not depend on it.
 
 Which recipe applies comes from the suite's ``[transform]`` table (``train``/``eval`` kinds, optional
 ``resize_size`` and ``interpolation``), overridable per task by a ``transform`` table in the task.
@@ -17,7 +20,8 @@ bilinear PIL resize (the same call torchvision makes on a PIL image: identical p
 ``src/data/transforms.py``) differs: ``Resize(256)`` of the SHORT side (aspect kept, so the crop drops
 part of the long side) and ImageNet mean/std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225). We follow
 RLRR because its numbers are the reference (``bench/catalog_data/reference``) and because 0.5 is the
-normalisation the ImageNet-21k ViT weights were trained with (the design's protocol, VTAB alike).
+normalisation the ImageNet-21k ViT weights were trained with (the design's protocol, VTAB alike);
+other backbones get the normalisation their own weights were trained with.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torchvision.transforms import v2
 from ..catalog import Suite, Task
 from ..errors import UserError
 
-MEAN = STD = (0.5, 0.5, 0.5)  # ImageNet-21k ViT normalisation
+MEAN = STD = (0.5, 0.5, 0.5)  # ImageNet-21k ViT normalisation: the default (reference backbone, demo)
 KINDS = ("none", "resize", "resize_crop_flip", "resize_center_crop")
 CROPPING = ("resize_crop_flip", "resize_center_crop")
 # VTAB's recipe resizes bicubic (design); RLRR's (and VPT's) FGVC transforms use torchvision's default, bilinear.
@@ -69,13 +73,14 @@ def image_plan(suite: Suite, task: Task, train: bool) -> ImagePlan:
     return ImagePlan(kind, image_size, cache_size, interpolation)
 
 
-def tensor_transform(plan: ImagePlan) -> v2.Compose:
-    """uint8 (3, S, S) tensor -> float32 (3, image_size, image_size), normalised; random for training kinds."""
+def tensor_transform(plan: ImagePlan, mean=MEAN, std=STD) -> v2.Compose:
+    """uint8 (3, S, S) tensor -> float32 (3, image_size, image_size), normalised by ``mean`` / ``std``
+    (per channel, on [0, 1] values); random for training kinds."""
     steps = {
         "resize_crop_flip": [v2.RandomCrop(plan.image_size), v2.RandomHorizontalFlip()],
         "resize_center_crop": [v2.CenterCrop(plan.image_size)],
     }.get(plan.kind, [])
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 class Decoder:

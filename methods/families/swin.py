@@ -1,7 +1,22 @@
 """The Swin family: timm's ``SwinTransformer`` (Swin-B). Blocks are ``layers.<s>.blocks.<j>``,
 each stage's width is its own; a stage after the first starts with a patch merging (a norm, then
 a bias-free Linear ``reduction``). Blocks see (batch, height, width, channels) feature maps; their
-``attn.qkv`` / ``attn.proj`` / ``mlp`` / ``norm1`` / ``norm2`` have ViT's names and roles."""
+``attn.qkv`` / ``attn.proj`` / ``mlp`` / ``norm1`` / ``norm2`` have ViT's names and roles.
+
+What the methods adapt here, against the official Swin code of each method:
+- SSF exactly as dongzelian/SSF ``models/swin_transformer.py``: after qkv, proj, fc1, fc2, norm1,
+  norm2 of every block, after the patch conv and the patch-embedding norm, after each patch
+  merging's norm (4C channels, before its ``reduction``; never after the bias-free reduction,
+  whose shift could not be folded) and after the final norm.
+- RLRR differs from zstarN70/RLRR ``models/swin.py`` in three places (Swin-B: 382,720 trainable
+  parameters here, 358,144 in that code): (1) its fused qkv has one ``s_in`` row for q, k and v
+  together, ours one per chunk as on the ViTs (+2C per block); (2) it also rescales each patch
+  merging ``reduction`` (with a bias shift, which would add a bias the plain model does not have,
+  so merging could not give back timm's state_dict keys), ours does not; (3) it puts SSF only
+  after norm1, norm2 and the final norm, ours also after the patch conv, the patch-embedding norm
+  and the merging norms (``Layout.extra_norms``), as on the ViTs.
+- VPT refuses Swin (``methods/vpt.py``): its Swin variant puts prompts inside every window.
+"""
 from __future__ import annotations
 
 import torch.nn as nn
