@@ -124,9 +124,18 @@ class RLRR(Method):
 
     def _adapt(self, model: nn.Module) -> None:
         layout = layout_of(model)
+        if layout.family == "swin":
+            # zstarN70/RLRR models/swin.py: the fused qkv is one RLRRLinear (one s_in for q, k and v
+            # together) and the SSF sits after norm1, norm2 and the final norm only. It also rescales
+            # each patch merging's bias-free ``reduction`` with a bias shift; not here, because that
+            # bias could not be merged back into timm's state_dict keys (7,168 parameters on Swin-B).
+            qkv_groups, outside = 1, [layout.final_norm]
+        else:
+            # the ViT code (models/networks.py) has separate query, key and value Linears: one s_in each
+            qkv_groups, outside = QKV_GROUPS, outside_blocks(layout)
         wrap(model, layout.paths(*BLOCK_LINEARS),
-             lambda path, linear: RLRRLinear(linear, groups=QKV_GROUPS if path.endswith(QKV) else 1))
-        add_ssf(model, layout.paths(*BLOCK_NORMS) + outside_blocks(layout))
+             lambda path, linear: RLRRLinear(linear, groups=qkv_groups if path.endswith(QKV) else 1))
+        add_ssf(model, layout.paths(*BLOCK_NORMS) + outside)
 
     def _merge(self, model: nn.Module) -> None:
         merge_wrappers(model)

@@ -8,13 +8,11 @@ What the methods adapt here, against the official Swin code of each method:
   norm2 of every block, after the patch conv and the patch-embedding norm, after each patch
   merging's norm (4C channels, before its ``reduction``; never after the bias-free reduction,
   whose shift could not be folded) and after the final norm.
-- RLRR differs from zstarN70/RLRR ``models/swin.py`` in three places (Swin-B: 382,720 trainable
-  parameters here, 358,144 in that code): (1) its fused qkv has one ``s_in`` row for q, k and v
-  together, ours one per chunk as on the ViTs (+2C per block); (2) it also rescales each patch
-  merging ``reduction`` (with a bias shift, which would add a bias the plain model does not have,
-  so merging could not give back timm's state_dict keys), ours does not; (3) it puts SSF only
-  after norm1, norm2 and the final norm, ours also after the patch conv, the patch-embedding norm
-  and the merging norms (``Layout.extra_norms``), as on the ViTs.
+- RLRR follows zstarN70/RLRR ``models/swin.py`` (one ``s_in`` for the fused qkv; SSF after norm1,
+  norm2 and the final norm only) except that it does not rescale the patch mergings' bias-free
+  ``reduction``: its bias shift would add a bias the plain model does not have, so merging could
+  not give back timm's state_dict keys. Swin-B: 350,976 trainable parameters here, 358,144 in that
+  code (the difference is exactly the three reductions' 7,168). See ``methods/rlrr.py``.
 - VPT refuses Swin (``methods/vpt.py``): its Swin variant puts prompts inside every window.
 """
 from __future__ import annotations
