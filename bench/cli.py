@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", default="auto",
                    help="local worker processes sharing the stores (default auto: one per CPU core on CPU, "
                         "1 on GPU)")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="no tuning: train the final fits with a paper's per-task settings "
+                        "(bench/catalog_data/recipes: rlrr-paper, noah-paper)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not render the leaderboard at the end")
     p.add_argument("--report-dir", default=None,

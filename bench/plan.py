@@ -30,16 +30,19 @@ def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int
 
 
 def estimate_seconds(spec, method: str, n_tune: int, n_val: int, n_final: int, train_rate: float,
-                     eval_rate: float, probe: bool) -> float:
+                     eval_rate: float, probe: bool, final_epochs: int | None = None) -> float:
     """Seconds for one (method, task): trials x epochs on the tuning split (+ val every epoch),
-    seeds x epochs on the final split. A linear probe pays one feature pass per split and run."""
+    seeds x ``final_epochs`` (default: the run's epochs) on the final split; no trials under a
+    recipe. A linear probe pays one feature pass per split and run."""
+    final_epochs = final_epochs or spec.epochs
+    trials = 0 if getattr(spec, "recipe", None) is not None else spec.trials
     if probe:
         per_trial = (n_tune + n_val) / eval_rate
         per_final = n_final / eval_rate
     else:
         per_trial = spec.epochs * (n_tune / train_rate + n_val / eval_rate)
-        per_final = spec.epochs * n_final / train_rate
-    return spec.trials * per_trial + len(spec.seeds) * per_final
+        per_final = final_epochs * n_final / train_rate
+    return trials * per_trial + len(spec.seeds) * per_final
 
 
 def print_plan(spec) -> None:
@@ -60,15 +63,26 @@ def print_plan(spec) -> None:
     for method in spec.methods:
         train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
                                               steps, int(s.recipe["image_size"]))
-        seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe)
-                      for t in spec.tasks)
+        seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe,
+                                       spec.final_epochs(method, t)) for t in spec.tasks)
         total += seconds
-        rows.append([method, len(spec.tasks), spec.trials * len(spec.tasks), len(spec.seeds) * len(spec.tasks),
+        trials = 0 if spec.recipe else spec.trials * len(spec.tasks)
+        rows.append([method, 0 if spec.recipe else len(spec.tasks), trials, len(spec.seeds) * len(spec.tasks),
                      f"{train_rate:,.0f}", f"{eval_rate:,.0f}", f"{seconds / 60:,.1f}"])
-    print(f"Plan: suite {s.name} on {spec.backbone}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = "
-          f"{len(spec.methods) * len(spec.tasks)} studies of {spec.trials} trials; final fits on seeds "
-          f"{', '.join(map(str, spec.seeds))}; {spec.epochs} epochs, batch {spec.batch_size}, device {spec.device}.")
+    if spec.recipe:
+        r = spec.recipe
+        epochs = sorted({spec.final_epochs(m, t) for m in spec.methods for t in spec.tasks})
+        print(f"Plan: suite {s.name} on {spec.backbone}, recipe {r.name} ({r.repository} at {r.commit[:7]}): no "
+              f"tuning; {len(spec.methods)} methods x {len(spec.tasks)} tasks, final fits on seeds "
+              f"{', '.join(map(str, spec.seeds))} with the recipe's settings per task "
+              f"({'/'.join(map(str, epochs))} epochs); device {spec.device}.")
+    else:
+        print(f"Plan: suite {s.name} on {spec.backbone}, {len(spec.methods)} methods x {len(spec.tasks)} tasks = "
+              f"{len(spec.methods) * len(spec.tasks)} studies of {spec.trials} trials; final fits on seeds "
+              f"{', '.join(map(str, spec.seeds))}; {spec.epochs} epochs, batch {spec.batch_size}, "
+              f"device {spec.device}.")
     print(tabulate(rows, headers=["method", "studies", "trials", "final fits", "train img/s", "eval img/s",
                                   "est. minutes"], tablefmt="github", disable_numparse=True))
-    print(f"Estimated total: {total / 60:,.1f} minutes (training and validation; test evaluation, "
-          f"data decoding and tracking overhead not included). Resumed work is not subtracted.")
+    print(f"Estimated total: {total / 60:,.1f} minutes = {total / 3600:,.2f} {spec.device.split(':')[0].upper()} "
+          f"hours on this machine (training and validation; test evaluation, data decoding and tracking "
+          f"overhead not included). Resumed work is not subtracted.")

@@ -51,7 +51,7 @@ PARTIAL = "‡"
 FAILED_SEED = "§"
 # the fields of an experiment's identity read from each run's params (besides fixed hparams and data)
 PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials")
-IDENTITY = (*PROTOCOL, "backbone", "weights_sha256")
+IDENTITY = (*PROTOCOL, "recipe", "backbone", "weights_sha256")  # recipe: `bench run --recipe` (else empty)
 METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
            tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
 VARIANT_METHODS = ("adapter", "vpt")  # methods whose `mode` param changes what is compared
@@ -191,10 +191,16 @@ def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
     basis = done if not done.empty else runs
     main = {k: _most_common(basis[k], basis["start"]) for k in IDENTITY}
     main_data = {t: _most_common(g["data"], g["start"]) for t, g in basis.groupby("task")}
+    # a recipe fixes its own protocol: its rows are named by the recipe, and a protocol field shows
+    # only where it differs from that recipe's main runs (a smoke run's --epochs)
+    per_recipe = {r: {k: _most_common(g[k], g["start"]) for k in PROTOCOL}
+                  for r, g in basis.groupby("recipe") if r}
     labels = []
     for rec in runs.to_dict("records"):
-        parts = [rec["fixed"]] if rec["fixed"] else []
-        parts += [f"{k}={rec[k] or '?'}" for k in PROTOCOL if rec[k] != main[k]]
+        parts = [f"recipe {rec['recipe']}"] if rec["recipe"] else []
+        parts += [rec["fixed"]] if rec["fixed"] else []
+        ref = per_recipe.get(rec["recipe"], main) if rec["recipe"] else main
+        parts += [f"{k}={rec[k] or '?'}" for k in PROTOCOL if rec[k] != ref[k]]
         if rec["weights_sha256"] == tracking.RANDOM_INIT:
             parts.append("random init")
         elif rec["weights_sha256"] != main["weights_sha256"]:
@@ -477,10 +483,25 @@ def notes(suite: catalog.Suite, runs: pd.DataFrame, tasks: list[str], groups: di
         out.append("Rows named 'method (...)' are experiments other than the suite's main one (that of most "
                    "final runs): what differs is in the brackets (fixed hyperparameters, protocol, weights, "
                    "data); their runs never join another row's cells.")
+    for name in sorted(set(runs["recipe"]) - {""}):
+        out.append(recipe_note(name))
     if (runs["weights_sha256"] == tracking.RANDOM_INIT).any():
         out.append("(random init): a randomly initialised backbone (`--pretrained none`), not comparable with "
                    "a pretrained one or with the paper column.")
     return out
+
+
+def recipe_note(name: str) -> str:
+    """What a recipe row is and what still differs from its source (the recipe file's notes)."""
+    from .recipes import load_recipe
+
+    try:
+        r = load_recipe(name)
+    except Exception:  # a recipe this version no longer ships: say so rather than fail the report
+        return f"(recipe {name}): settings of a recipe this version of bench does not ship."
+    return (f"(recipe {r.name}): no tuning; every fit trained with the per-task settings of {r.title}, "
+            f"transcribed from {r.repository} at {r.commit[:7]} (bench/catalog_data/recipes/{r.name}.toml). "
+            f"Still different from the source: {'; '.join(r.notes)}.")
 
 
 def by_backbone(suite: catalog.Suite, runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

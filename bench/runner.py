@@ -25,7 +25,8 @@ import methods
 from . import backbones, tracking
 from .catalog import Suite, Task, load_suite
 from .errors import UserError
-from .train import Diverged, TrainConfig, fit, head_only, resolve_device, seed_everything
+from .recipes import Recipe, Setting, load_recipe
+from .train import Diverged, PaperSchedule, TrainConfig, fit, head_only, resolve_device, seed_everything
 from .tune import (COMMON_DEFAULTS, Claims, best_params, common_search_space, enqueue_defaults, open_storage,
                    open_study, owner_alive, owner_id, study_name)
 
@@ -57,11 +58,33 @@ class RunSpec:
     compile: bool = False
     force: bool = False
     fixed: dict[str, dict] = field(default_factory=dict)  # method -> hyperparameters fixed by --hparam
+    recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
+    epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
 
     def protocol(self) -> dict:
-        """The protocol part of an experiment's identity (see ``Runner.experiment``)."""
+        """The protocol part of an experiment's identity (see ``Runner.experiment``). Under a recipe
+        its name (and a smoke run's --epochs) stands for every setting, which the run key holds."""
+        if self.recipe is not None:
+            return {"suite": self.suite.name, "recipe": self.recipe.name, "epochs_override": self.epochs_override}
         return {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
                 "batch_size": self.batch_size, "trials": self.trials}
+
+    def setting(self, method: str, task: Task) -> Setting:
+        """The recipe's settings of (method, task); under --epochs N, N epochs and no cool-down."""
+        setting = self.recipe.setting(self.suite.name, task.name, method)
+        if self.epochs_override:
+            n = self.epochs_override
+            setting = Setting({**setting.train, "epochs": n, "cooldown_epochs": 0,
+                               "warmup_epochs": min(setting.train["warmup_epochs"], n - 1),
+                               "restart_epochs": min(setting.train["restart_epochs"], n)}, setting.hparams)
+        return setting
+
+    def final_epochs(self, method: str, task: Task) -> int:
+        """Epochs one final fit of (method, task) trains: the recipe's cosine and cool-down, or --epochs."""
+        if self.recipe is None:
+            return self.epochs
+        train = self.setting(method, task).train
+        return train["epochs"] + train["cooldown_epochs"]
 
 
 def parse_int_list(text: str | None, what: str) -> list[int] | None:
@@ -156,6 +179,23 @@ def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbone
     return spec
 
 
+def check_recipe(args: argparse.Namespace, suite: Suite, tasks: list[Task], method_names: list[str]) -> Recipe | None:
+    """--recipe NAME: the recipe, if it has settings for the suite, every chosen method and task;
+    flags that a recipe decides itself (--trials, --batch-size, --hparam) are refused."""
+    name = getattr(args, "recipe", None)
+    if not name:
+        return None
+    recipe = load_recipe(name)
+    for flag, value in (("--trials", args.trials), ("--batch-size", args.batch_size), ("--hparam", args.hparam)):
+        if value:
+            raise UserError(f"--recipe {name} sets the hyperparameters and batch size of every fit and runs no "
+                            f"trials: drop {flag}")
+    for method in method_names:
+        for task in tasks:
+            recipe.setting(suite.name, task.name, method)  # UserError: no such suite or method
+    return recipe
+
+
 def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec:
     """Validate every flag before anything is written."""
     suite = load_suite(args.suite)
@@ -180,6 +220,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
                         f"{backbone} reads {backbones.get(backbone).weights}")
     elif pretrained and not Path(pretrained).is_file():
         raise UserError(f"pretrained weights file not found: {pretrained}")
+    recipe = check_recipe(args, suite, tasks, method_names)
     device = resolve_device(args.device)
     epochs = args.epochs or suite.recipe["epochs"]
     out = Path(args.out)
@@ -194,7 +235,8 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
         tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
-        fixed=parse_fixed(args.hparam, method_names))
+        fixed=parse_fixed(args.hparam, method_names), recipe=recipe,
+        epochs_override=args.epochs if recipe else None)
 
 
 def _per_epoch(metrics: dict) -> dict:
@@ -211,14 +253,14 @@ class SplitGuard:
         self.phase = "tune"
         self.cache_dir = str(spec.out / "cache")
 
-    def open(self, task: str, split: str, train: bool = False):
+    def open(self, task: str, split: str, train: bool = False, flip: bool = False):
         from .data import open_split
 
         if split == self.spec.suite.splits.test and self.phase != "final":
             raise ProtocolError(f"the test split of {task} was requested during {self.phase}")
         backbone = backbones.get(self.spec.backbone)  # images normalised as its weights expect
         return open_split(self.spec.suite, task, split, data_root=self.spec.data_root, train=train,
-                          cache_dir=self.cache_dir, mean=backbone.mean, std=backbone.std)
+                          cache_dir=self.cache_dir, mean=backbone.mean, std=backbone.std, flip=flip)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -300,6 +342,30 @@ class Runner:
                            weight_decay=params["weight_decay"], warmup_epochs=s.warmup_epochs, seed=seed,
                            device=s.device, workers=s.workers, compile=s.compile, desc=desc,
                            checkpoint=checkpoint)
+
+    def _recipe_config(self, setting: Setting, seed: int, desc: str, checkpoint: str | None) -> TrainConfig:
+        """A final fit's training as the recipe's source trained (``bench.recipes``): its lr, weight
+        decay, batch, schedule (cosine + cool-down or warm restarts, stepped per epoch), drop-path
+        and zero head."""
+        t = setting.train
+        schedule = PaperSchedule(cosine_epochs=t["epochs"], warmup_epochs=t["warmup_epochs"],
+                                 warmup_lr=t["warmup_lr"] or 0.0, min_lr=t["min_lr"],
+                                 restart_epochs=t["restart_epochs"], per_epoch=t["lr_per_epoch"])
+        s = self.spec
+        return TrainConfig(epochs=t["epochs"] + t["cooldown_epochs"], batch_size=t["batch_size"], lr=t["lr"],
+                           weight_decay=t["weight_decay"], warmup_epochs=t["warmup_epochs"], seed=seed,
+                           device=s.device, workers=s.workers, compile=s.compile, desc=desc, checkpoint=checkpoint,
+                           paper_schedule=schedule, drop_path_rate=t["drop_path_rate"], zero_head=t["zero_head"])
+
+    def _fit_protocol(self, method: str, task: Task) -> dict:
+        """The protocol fields logged with a run (the report reads them): the spec's, or under a
+        recipe the recipe's name and what this (method, task) trains with."""
+        if self.spec.recipe is None:
+            return self.spec.protocol()
+        t = self.spec.setting(method, task).train
+        return {"suite": self.spec.suite.name, "recipe": self.spec.recipe.name,
+                "epochs": t["epochs"] + t["cooldown_epochs"], "warmup_epochs": t["warmup_epochs"],
+                "batch_size": t["batch_size"], "trials": 0}
 
     def _model(self, method: str, task: Task, method_params: dict, seed: int):
         seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
@@ -469,10 +535,14 @@ class Runner:
                  "data_sha256": self.data_hash(task.name), "hparams": hparams}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def final(self, method: str, task: Task, seed: int, params: dict, source: str) -> float | None:
-        """One final fit; returns its test accuracy, or None when it was done before or elsewhere."""
+    def final(self, method: str, task: Task, seed: int, params: dict, source: str,
+              setting: Setting | None = None) -> float | None:
+        """One final fit; returns its test accuracy, or None when it was done before or elsewhere.
+        ``setting``: a recipe's, whose training settings all join the fit's hyperparameters."""
         common, specific = self._split_params(params)
         hparams = {**common, **methods.get(method).resolve(**specific)}
+        if setting is not None:
+            hparams = {**setting.train, **hparams}
         key = self.run_key(method, task, seed, hparams)
         if not self.spec.force and tracking.find_runs(self.client, self.exp_id, {"run_key": key}):
             return None
@@ -487,24 +557,29 @@ class Runner:
         self.guard.phase = "final"
         try:
             model = self._model(method, task, specific, seed)
-            train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train,
-                                       train=self._augments(method))
+            augment = self._augments(method)
+            train_ds = self.guard.open(task.name, self.spec.suite.splits.final_train, train=augment,
+                                       flip=augment and setting is not None and setting.train["flip"])
             test_ds = self.guard.open(task.name, self.spec.suite.splits.test)
             tags = {**self._tags(tracking.PHASE_FINAL, method, task, seed), "run_key": key,
                     "best_params_from": source}
+            if self.spec.recipe is not None:
+                tags["recipe"] = self.spec.recipe.name
             desc = f"{method}/{task.name} seed {seed}"
+            # real suites checkpoint every epoch, so a preempted job resumes mid-run
+            ckpt = str(self.out / "checkpoints" / f"{key}.pt") if self.spec.suite.needs_data_root else None
+            cfg = (self._config(common, seed, desc, ckpt) if setting is None
+                   else self._recipe_config(setting, seed, desc, ckpt))
             with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
-                                     {**hparams, **self.provenance,
+                                     {**hparams, "drop_path_rate": cfg.drop_path_rate, **self.provenance,
                                       "method": method, "task": task.name, "seed": seed,
-                                      "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
+                                      "data_sha256": self.data_hash(task.name),
+                                      **self._fit_protocol(method, task)}) as run:
                 def on_epoch(epoch: int, metrics: dict) -> None:
                     run.log_metrics(_per_epoch(metrics), step=epoch)
                     self.claims.beat(key)
 
-                # real suites checkpoint every epoch, so a preempted job resumes mid-run
-                ckpt = str(self.out / "checkpoints" / f"{key}.pt") if self.spec.suite.needs_data_root else None
-                result = fit(model, train_ds, self._config(common, seed, desc, ckpt), eval_ds=test_ds,
-                             on_epoch=on_epoch)
+                result = fit(model, train_ds, cfg, eval_ds=test_ds, on_epoch=on_epoch)
                 run.log_metrics(self._summary(model, result, tracking.TEST_ACC))
         except BaseException:
             self.claims.release(key)
@@ -522,6 +597,9 @@ class Runner:
         slots, then, per (method, task) once its study is complete, the unclaimed final fits."""
         s = self.spec
         pairs = [(m, t) for t in s.tasks for m in s.methods]
+        if s.recipe is not None:
+            self.run_recipe(pairs)
+            return
         for method, task in pairs:
             self.tune(method, task)
         for method, task in pairs:
@@ -530,6 +608,19 @@ class Runner:
             for seed in s.seeds:
                 try:
                     self.final(method, task, seed, params, source)
+                except Diverged as exc:
+                    say(f"final {method}/{task.name} seed {seed}: diverged ({exc}); recorded as FAILED")
+
+
+    def run_recipe(self, pairs: list[tuple[str, Task]]) -> None:
+        """--recipe: no study; each (method, task)'s final fits train with the recipe's settings."""
+        source = f"recipe {self.spec.recipe.name}"
+        for method, task in pairs:
+            setting = self.spec.setting(method, task)
+            params = {"lr": setting.train["lr"], "weight_decay": setting.train["weight_decay"], **setting.hparams}
+            for seed in self.spec.seeds:
+                try:
+                    self.final(method, task, seed, params, source, setting)
                 except Diverged as exc:
                     say(f"final {method}/{task.name} seed {seed}: diverged ({exc}); recorded as FAILED")
 
@@ -586,7 +677,11 @@ def backbone_family(args: argparse.Namespace) -> str:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args, parse_methods(args.methods, backbone_family(args)))
+    names = parse_methods(args.methods, backbone_family(args))
+    recipe = getattr(args, "recipe", None)
+    if recipe and args.methods.strip() == "all":  # all the recipe has settings for
+        names = [m for m in names if m in load_recipe(recipe).methods]
+    spec = spec_from_args(args, names)
     jobs = parse_jobs(args.jobs, spec.device, args.force)
     if args.dry_run:
         from .plan import print_plan
@@ -603,11 +698,13 @@ def main_run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"bench run: --methods all on {spec.backbone} leaves out {', '.join(skipped)} (not on {family} "
               "backbones)", flush=True)
+    work = (f"no tuning (recipe {spec.recipe.name}), {studies * len(spec.seeds)} final fits (seeds "
+            f"{', '.join(map(str, spec.seeds))}) with its settings per task" if spec.recipe else
+            f"{studies} studies of {spec.trials} trials, then {studies * len(spec.seeds)} final fits (seeds "
+            f"{', '.join(map(str, spec.seeds))}); {spec.epochs} epochs")
     print(f"bench run: suite {spec.suite.name} on {spec.backbone}, {len(spec.methods)} methods x "
-          f"{len(spec.tasks)} tasks = {studies} "
-          f"studies of {spec.trials} trials, then {studies * len(spec.seeds)} final fits (seeds "
-          f"{', '.join(map(str, spec.seeds))}); {spec.epochs} epochs; device {spec.device}; "
-          f"{jobs} worker{'s' if jobs > 1 else ''}", flush=True)
+          f"{len(spec.tasks)} tasks{': ' if spec.recipe else ' = '}{work}; device {spec.device}; {jobs} worker{'s' if jobs > 1 else ''}",
+          flush=True)
     if jobs > 1:
         code = run_local_workers(spec, args.argv, jobs)
         if code:

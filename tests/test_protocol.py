@@ -69,8 +69,8 @@ def test_linear_probe_features_come_from_the_eval_transform(tmp_path, monkeypatc
     seen = []
     real_open, real_fit = runner_mod.SplitGuard.open, runner_mod.fit
 
-    def open_(self, task, split, train=False):
-        ds = real_open(self, task, split, train=train)
+    def open_(self, task, split, train=False, flip=False):
+        ds = real_open(self, task, split, train=train, flip=flip)
         seen.append((split, train))
         return ds
 

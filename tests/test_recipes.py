@@ -171,3 +171,130 @@ def test_zero_head_starts_the_head_at_zero():
     data = TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4) % 3)
     fit(model, data, TrainConfig(epochs=1, batch_size=4, lr=1e-12, weight_decay=0.0, zero_head=True))
     assert model.head.weight.abs().max() < 1e-9 and model.head.bias.abs().max() < 1e-9
+
+
+# -- bench run --recipe, end to end ---------------------------------------------------------------
+import mlflow  # noqa: E402
+import optuna  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+
+import bench.data  # noqa: E402
+from bench import backbones, report, tracking  # noqa: E402
+from bench import runner as runner_mod  # noqa: E402
+from bench.cli import main  # noqa: E402
+from test_data import _vtab_task  # noqa: E402
+
+
+@pytest.fixture
+def tiny_vit(monkeypatch):
+    """A 224 px ViT small enough for CPU tests, registered as a backbone (demo-sized: depth 2, width 32)."""
+    def build(num_classes):
+        return VisionTransformer(img_size=224, patch_size=32, embed_dim=32, depth=2, num_heads=2,
+                                 num_classes=num_classes)
+
+    tiny = backbones.Backbone("tiny_vit", "vit", build, 224, (0.5,) * 3, (0.5,) * 3, "nothing (a test)")
+    monkeypatch.setitem(backbones._REGISTRY, tiny.name, tiny)
+    return tiny
+
+
+@pytest.fixture
+def vtab(tmp_path):
+    root = tmp_path / "vtab"
+    _vtab_task(root / "cifar100", 0)
+    _vtab_task(root / "dtd", 100)
+    return root
+
+
+def _recipe_args(vtab, out, *extra):
+    return ["run", "--suite", "vtab1k", "--data-root", str(vtab), "--backbone", "tiny_vit", "--pretrained", "none",
+            "--recipe", "rlrr-paper", "--methods", "rlrr", "--tasks", "cifar,dtd", "--seeds", "1",
+            "--out", str(out), "--jobs", "1", *extra]
+
+
+def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, vtab, tmp_path, monkeypatch):
+    configs, flips = {}, {}
+    real_fit, real_open = runner_mod.fit, bench.data.open_split
+
+    def spy_fit(model, train_ds, cfg, **kw):
+        configs[cfg.desc.split()[0].split("/")[1]] = cfg
+        return real_fit(model, train_ds, cfg, **kw)
+
+    def spy_open(suite, task, split, **kw):
+        if kw.get("train"):
+            flips[task] = kw["flip"]
+        return real_open(suite, task, split, **kw)
+
+    monkeypatch.setattr(runner_mod, "fit", spy_fit)
+    monkeypatch.setattr(bench.data, "open_split", spy_open)
+    out = tmp_path / "runs"
+    assert main(_recipe_args(vtab, out, "--epochs", "2")) == 0
+    # the fits got the recipe's settings (cifar: lr 3e-3, wd 5e-5, drop-path 0.1; dtd flips)
+    cifar, dtd = configs["cifar"], configs["dtd"]
+    assert (cifar.lr, cifar.weight_decay, cifar.drop_path_rate, cifar.zero_head, cifar.batch_size) == (3e-3, 5e-5, 0.1, True, 32)
+    assert (dtd.lr, dtd.drop_path_rate) == (2e-3, 0.1) and flips == {"cifar": False, "dtd": True}
+    assert cifar.epochs == 2 and cifar.paper_schedule.cosine_epochs == 2  # --epochs: a smoke run, no cool-down
+    assert cifar.paper_schedule.warmup_epochs == 1 and cifar.paper_schedule.per_epoch
+    # no Optuna study; MLflow records the recipe and the settings as params
+    storage = runner_mod.open_storage(None, out)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith("claim:")] == []
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(out))
+    exp = client.get_experiment_by_name(tracking.experiment_name("vtab1k"))
+    runs = {r.data.tags["task"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"cifar", "dtd"}
+    p = runs["cifar"].data.params
+    assert (p["recipe"], p["lr"], p["weight_decay"], p["drop_path_rate"], p["trials"]) == ("rlrr-paper", "0.003", "5e-05", "0.1", "0")
+    assert runs["dtd"].data.tags["recipe"] == "rlrr-paper" and runs["dtd"].data.params["flip"] == "True"
+    assert '"recipe": "rlrr-paper"' in runs["cifar"].data.tags[tracking.EXPERIMENT_TAG]
+    # a rerun does nothing twice
+    assert main(_recipe_args(vtab, out, "--epochs", "2", "--no-report")) == 0
+    assert len(client.search_runs([exp.experiment_id])) == 2
+    # the leaderboard names the recipe row, gives it the paper row and says what differs
+    text = (out / "vtab1k.md").read_text()
+    assert "| rlrr (recipe rlrr-paper, random init) |" in text
+    assert "(recipe rlrr-paper): no tuning" in text and "best test accuracy over epochs" in text
+
+
+def test_recipe_and_tuned_runs_never_share_a_row(tiny_vit, vtab, tmp_path):
+    out = tmp_path / "runs"
+    assert main(_recipe_args(vtab, out, "--epochs", "1", "--tasks", "cifar", "--no-report")) == 0
+    tuned = ["run", "--suite", "vtab1k", "--data-root", str(vtab), "--backbone", "tiny_vit", "--pretrained", "none",
+             "--methods", "rlrr", "--tasks", "cifar", "--seeds", "1", "--trials", "1", "--epochs", "1",
+             "--out", str(out), "--jobs", "1", "--no-report"]
+    assert main(tuned) == 0
+    runs = report.label_rows(report.final_runs(tracking.default_tracking_uri(out), "vtab1k"))
+    assert sorted(runs["label"]) == ["rlrr (random init)", "rlrr (recipe rlrr-paper, random init)"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--recipe", "nope"], "unknown recipe 'nope'; known: noah-paper, rlrr-paper"),
+    (["--methods", "lora"], "recipe rlrr-paper has no settings for method lora; it has: rlrr"),
+    (["--trials", "3"], "drop --trials"),
+    (["--batch-size", "8"], "drop --batch-size"),
+    (["--hparam", "rlrr.x=1"], "drop --hparam"),
+])
+def test_recipe_mistakes_are_one_line_and_write_nothing(tiny_vit, vtab, tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    args = _recipe_args(vtab, out)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_recipe_on_a_suite_it_lacks_is_refused(capsys, tmp_path):
+    args = ["run", "--recipe", "noah-paper", "--methods", "lora", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "recipe noah-paper has no settings for suite demo; it has: vtab1k" in capsys.readouterr().err
+
+
+def test_recipe_dry_run_prints_the_plan_and_hours(tiny_vit, vtab, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(_recipe_args(vtab, out, "--dry-run")) == 0
+    text = capsys.readouterr().out
+    assert "recipe rlrr-paper (zstarN70/RLRR at 99d2087): no tuning" in text and "(110 epochs)" in text
+    assert "CPU hours on this machine" in text and not out.exists()

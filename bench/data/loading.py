@@ -16,11 +16,13 @@ from .transforms import MEAN, STD, Decoder, image_plan, tensor_transform
 
 
 def open_split(suite: Suite | str, task: str, split: str, data_root: str | None = None,
-               train: bool = False, cache_dir: str | None = None, mean=MEAN, std=STD) -> Dataset:
+               train: bool = False, cache_dir: str | None = None, mean=MEAN, std=STD,
+               flip: bool = False) -> Dataset:
     """Split ``split`` of ``task`` as ``(float32 CHW image, int label)`` pairs, normalised by ``mean``
     and ``std`` (the backbone's; default 0.5/0.5, the ImageNet-21k ViTs' and the demo's).
 
-    ``train=True`` applies the suite's training augmentation (FGVC: random crop and flip).
+    ``train=True`` applies the suite's training augmentation (FGVC: random crop and flip), and with
+    ``flip`` a random horizontal flip where that augmentation has none (a paper recipe's).
     Images are decoded here, once per process and set of files (see ``decoded_cache``); ``cache_dir``
     holds the memory-mapped decodes of splits too large for memory (default
     ``decoded_cache.default_cache_dir()``). For a split's length alone, ``split_size`` is cheaper.
@@ -28,7 +30,7 @@ def open_split(suite: Suite | str, task: str, split: str, data_root: str | None 
     suite = load_suite(suite) if isinstance(suite, str) else suite
     spec = suite.task(task)
     _check_split_name(suite, split)
-    plan = image_plan(suite, spec, train)
+    plan = image_plan(suite, spec, train, flip)
     transform = tensor_transform(plan, mean, std)
     if _is_generated(spec):
         data = _generated(spec)

@@ -52,15 +52,18 @@ class ImagePlan:
     image_size: int
     cache_size: int
     interpolation: str
+    flip: bool = False  # a random horizontal flip after the kind's steps (a paper recipe's, e.g. RLRR simple_aug)
 
     @property
     def deterministic(self) -> bool:
         """No random crop or flip: the transform may run on a whole batch at once."""
-        return self.kind != "resize_crop_flip"
+        return self.kind != "resize_crop_flip" and not self.flip
 
 
-def image_plan(suite: Suite, task: Task, train: bool) -> ImagePlan:
-    """The recipe for ``task`` in training (``train=True``) or evaluation mode."""
+def image_plan(suite: Suite, task: Task, train: bool, flip: bool = False) -> ImagePlan:
+    """The recipe for ``task`` in training (``train=True``) or evaluation mode; ``flip`` adds a
+    random horizontal flip to training (RLRR's ``simple_aug``: RandomHorizontalFlip after the resize,
+    ``RLRRDatasets/VTABDataLoader.py``); a kind that flips already is left as it is."""
     settings = {**suite.transform, **task.options.get("transform", {})}
     kind = settings.get("train" if train else "eval", "none")
     if kind not in KINDS:
@@ -70,7 +73,7 @@ def image_plan(suite: Suite, task: Task, train: bool) -> ImagePlan:
     interpolation = settings.get("interpolation", DEFAULT_INTERPOLATION[kind])
     if interpolation not in RESAMPLING:
         raise UserError(f"suite {suite.name}: unknown interpolation {interpolation!r}; known: {', '.join(RESAMPLING)}")
-    return ImagePlan(kind, image_size, cache_size, interpolation)
+    return ImagePlan(kind, image_size, cache_size, interpolation, flip=train and flip and kind != "resize_crop_flip")
 
 
 def tensor_transform(plan: ImagePlan, mean=MEAN, std=STD) -> v2.Compose:
@@ -80,6 +83,8 @@ def tensor_transform(plan: ImagePlan, mean=MEAN, std=STD) -> v2.Compose:
         "resize_crop_flip": [v2.RandomCrop(plan.image_size), v2.RandomHorizontalFlip()],
         "resize_center_crop": [v2.CenterCrop(plan.image_size)],
     }.get(plan.kind, [])
+    if plan.flip:
+        steps = [*steps, v2.RandomHorizontalFlip()]
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
