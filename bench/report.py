@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+import methods
+
 from . import catalog, tracking
 from .errors import UserError, first_line
 
@@ -54,9 +56,11 @@ PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials")
 IDENTITY = (*PROTOCOL, "recipe", "backbone", "weights_sha256")  # recipe: `bench run --recipe` (else empty)
 METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
            tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
-VARIANT_METHODS = ("adapter", "vpt")  # methods whose `mode` param changes what is compared
 VARIANT_PARAM = "mode"
-DEFAULT_MODE = {"adapter": "parallel", "vpt": "deep"}  # the methods' defaults (a test checks them)
+# methods whose `mode` param changes what is compared (vpt deep/shallow, adapter parallel/sequential,
+# convpass and repadapter block/attn), and their default modes, read from the registry
+VARIANT_METHODS = tuple(m for m in methods.names() if VARIANT_PARAM in methods.get(m).defaults)
+DEFAULT_MODE = {m: methods.get(m).defaults[VARIANT_PARAM] for m in VARIANT_METHODS}
 # (method, variant) -> reference row; ssf has none: ssf_star used SSF-style augmentation.
 PAPER_ROW = {
     ("full", ""): "full",
@@ -70,8 +74,8 @@ PAPER_ROW = {
     ("bitfit", ""): "bias",
     ("fact_tt", ""): "fact_tt",
     ("fact_tk", ""): "fact_tk",
-    ("convpass", ""): "convpass",
-    ("repadapter", ""): "repadapter",
+    ("convpass", "block"): "convpass",  # the attention-only modes have no published row
+    ("repadapter", "block"): "repadapter",
 }
 # How the published rows were obtained, where it differs from this harness's protocol (tuned on
 # the validation split, last-epoch test accuracy, several seeds): see datasets/reference/README.md.

@@ -419,11 +419,8 @@ def test_sequential_adapter_compares_with_noahs_adapter_row(tmp_path, capsys):
     assert "adapter (mode=sequential) → adapter_noah" in md
 
 
-def test_default_modes_are_the_methods_defaults():
-    import methods
-
-    for method, mode in report.DEFAULT_MODE.items():
-        assert methods.get(method).defaults["mode"] == mode
+def test_variant_methods_and_their_default_modes_come_from_the_registry():
+    assert report.DEFAULT_MODE == {"adapter": "parallel", "convpass": "block", "repadapter": "block", "vpt": "deep"}
 
 
 # --------------------------------------------------------------------------- issue 14: backbones
@@ -474,8 +471,19 @@ def test_new_methods_compare_with_their_published_rows(tmp_path, capsys, method,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment(tracking.experiment_name("vtab1k"))
-    log_run(client, exp, method, "cifar", 1, 70.0, params_backbone=1000)
+    mode = {"mode": "block"} if method in ("convpass", "repadapter") else {}  # as their runs log it
+    log_run(client, exp, method, "cifar", 1, 70.0, params_backbone=1000, **mode)
     md = render(capsys, uri, tmp_path / "out", "vtab1k")
     expected = report.load_reference("vtab1k").at[row, "mean"]
     assert first_table(md)[method]["paper"] == report.fmt(float(expected), 1)
     assert f"{method} → {row}" in md
+
+
+@pytest.mark.parametrize("method", ["convpass", "repadapter"])
+def test_attention_only_modes_have_no_published_row(tmp_path, capsys, method):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    log_run(client, exp, method, "cifar", 1, 70.0, params_backbone=1000, mode="attn")
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    assert first_table(md)[f"{method} (mode=attn)"]["paper"] == "-"
