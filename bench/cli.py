@@ -55,6 +55,9 @@ def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or SQLite under --out)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--drop-path-rate", type=float, default=None, metavar="RATE",
+                   help="timm's stochastic depth, rising linearly to RATE at the last block (default: 0; "
+                        "the official RLRR/NOAH/SSF scripts use 0.1-0.5)")
     p.add_argument("--hparam", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="fix a method hyperparameter instead of searching it, e.g. vpt.mode=shallow "
                         "(repeatable; a fixed variant gets its own studies and leaderboard row)")

@@ -52,7 +52,7 @@ STALE = "†"
 PARTIAL = "‡"
 FAILED_SEED = "§"
 # the fields of an experiment's identity read from each run's params (besides fixed hparams and data)
-PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials")
+PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials", "drop_path_rate")
 IDENTITY = (*PROTOCOL, "recipe", "backbone", "weights_sha256")  # recipe: `bench run --recipe` (else empty)
 METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
            tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
@@ -154,6 +154,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
                 *IDENTITY):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     df["commit"] = df["commit"].replace("", "unknown")
+    df["drop_path_rate"] = df["drop_path_rate"].replace("", "0.0")  # runs from before it was logged
     for col in METRICS:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["variant"] = df["mode"].where(df["method"].isin(VARIANT_METHODS), "")
@@ -199,12 +200,13 @@ def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
     # only where it differs from that recipe's main runs (a smoke run's --epochs)
     per_recipe = {r: {k: _most_common(g[k], g["start"]) for k in PROTOCOL}
                   for r, g in basis.groupby("recipe") if r}
+    recipe_fields = [k for k in PROTOCOL if k != "drop_path_rate"]  # a recipe sets it per task
     labels = []
     for rec in runs.to_dict("records"):
         parts = [f"recipe {rec['recipe']}"] if rec["recipe"] else []
         parts += [rec["fixed"]] if rec["fixed"] else []
-        ref = per_recipe.get(rec["recipe"], main) if rec["recipe"] else main
-        parts += [f"{k}={rec[k] or '?'}" for k in PROTOCOL if rec[k] != ref[k]]
+        ref, fields = (per_recipe[rec["recipe"]], recipe_fields) if rec["recipe"] else (main, PROTOCOL)
+        parts += [f"{k}={rec[k] or '?'}" for k in fields if rec[k] != ref[k]]
         if rec["weights_sha256"] == tracking.RANDOM_INIT:
             parts.append("random init")
         elif rec["weights_sha256"] != main["weights_sha256"]:

@@ -58,6 +58,7 @@ class RunSpec:
     compile: bool = False
     force: bool = False
     fixed: dict[str, dict] = field(default_factory=dict)  # method -> hyperparameters fixed by --hparam
+    drop_path_rate: float = 0.0  # --drop-path-rate: timm's stochastic depth for every fit (tuned runs)
     recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
     epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
 
@@ -66,8 +67,11 @@ class RunSpec:
         its name (and a smoke run's --epochs) stands for every setting, which the run key holds."""
         if self.recipe is not None:
             return {"suite": self.suite.name, "recipe": self.recipe.name, "epochs_override": self.epochs_override}
-        return {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
-                "batch_size": self.batch_size, "trials": self.trials}
+        protocol = {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
+                    "batch_size": self.batch_size, "trials": self.trials}
+        if self.drop_path_rate:  # only when set, so that the identities of earlier runs stay the same
+            protocol["drop_path_rate"] = self.drop_path_rate
+        return protocol
 
     def setting(self, method: str, task: Task) -> Setting:
         """The recipe's settings of (method, task); under --epochs N, N epochs and no cool-down."""
@@ -186,7 +190,8 @@ def check_recipe(args: argparse.Namespace, suite: Suite, tasks: list[Task], meth
     if not name:
         return None
     recipe = load_recipe(name)
-    for flag, value in (("--trials", args.trials), ("--batch-size", args.batch_size), ("--hparam", args.hparam)):
+    for flag, value in (("--trials", args.trials), ("--batch-size", args.batch_size), ("--hparam", args.hparam),
+                        ("--drop-path-rate", getattr(args, "drop_path_rate", None))):
         if value:
             raise UserError(f"--recipe {name} sets the hyperparameters and batch size of every fit and runs no "
                             f"trials: drop {flag}")
@@ -221,6 +226,9 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
     elif pretrained and not Path(pretrained).is_file():
         raise UserError(f"pretrained weights file not found: {pretrained}")
     recipe = check_recipe(args, suite, tasks, method_names)
+    drop_path_rate = getattr(args, "drop_path_rate", None) or 0.0
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise UserError(f"--drop-path-rate must be in [0, 1), got {drop_path_rate}")
     device = resolve_device(args.device)
     epochs = args.epochs or suite.recipe["epochs"]
     out = Path(args.out)
@@ -235,7 +243,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
         tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
-        fixed=parse_fixed(args.hparam, method_names), recipe=recipe,
+        fixed=parse_fixed(args.hparam, method_names), drop_path_rate=drop_path_rate, recipe=recipe,
         epochs_override=args.epochs if recipe else None)
 
 
@@ -306,6 +314,15 @@ def study_suite(spec: RunSpec) -> str:
     return spec.suite.name if spec.backbone == spec.suite.backbone else f"{spec.suite.name}@{spec.backbone}"
 
 
+def study_variant(spec: RunSpec, method: str) -> dict:
+    """What sets a study apart from the method's default one: its --hparam values and a
+    --drop-path-rate (hyperparameters tuned without drop-path are not the best with it)."""
+    variant = dict(spec.fixed.get(method, {}))
+    if spec.drop_path_rate:
+        variant["drop_path_rate"] = spec.drop_path_rate
+    return variant
+
+
 class Runner:
     """Holds what one `bench run` shares: backbone, stores, provenance."""
 
@@ -341,7 +358,7 @@ class Runner:
         return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=params["lr"],
                            weight_decay=params["weight_decay"], warmup_epochs=s.warmup_epochs, seed=seed,
                            device=s.device, workers=s.workers, compile=s.compile, desc=desc,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, drop_path_rate=s.drop_path_rate)
 
     def _recipe_config(self, setting: Setting, seed: int, desc: str, checkpoint: str | None) -> TrainConfig:
         """A final fit's training as the recipe's source trained (``bench.recipes``): its lr, weight
@@ -413,7 +430,7 @@ class Runner:
 
     # -- tuning --------------------------------------------------------------------------------
     def _study(self, method: str, task: Task):
-        name = study_name(study_suite(self.spec), method, task.name, self.spec.fixed.get(method))
+        name = study_name(study_suite(self.spec), method, task.name, study_variant(self.spec, method))
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         return open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
                           force=self.spec.force and not self._forced(name))
@@ -491,7 +508,8 @@ class Runner:
         desc = f"{method}/{task.name} trial {trial.number}"
         pruned = None
         with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
-                                 {**params, **self.provenance, "method": method, "task": task.name,
+                                 {**params, "drop_path_rate": self.spec.drop_path_rate, **self.provenance,
+                                  "method": method, "task": task.name,
                                   "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 run.log_metrics({**_per_epoch(metrics), tracking.VAL_ACC: metrics["eval_acc"]}, step=epoch)
@@ -729,6 +747,6 @@ def main_tune(args: argparse.Namespace) -> int:
     runner.tune(spec.methods[0], spec.tasks[0])
     params, source = runner.best(spec.methods[0], spec.tasks[0])
     print(json.dumps({"study": study_name(study_suite(spec), spec.methods[0], spec.tasks[0].name,
-                                          spec.fixed.get(spec.methods[0])),
+                                          study_variant(spec, spec.methods[0])),
                       "best_from": source, "params": params}, indent=2, sort_keys=True))
     return 0

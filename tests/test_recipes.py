@@ -298,3 +298,25 @@ def test_recipe_dry_run_prints_the_plan_and_hours(tiny_vit, vtab, tmp_path, caps
     text = capsys.readouterr().out
     assert "recipe rlrr-paper (zstarN70/RLRR at 99d2087): no tuning" in text and "(110 epochs)" in text
     assert "CPU hours on this machine" in text and not out.exists()
+
+
+def test_tuned_runs_take_a_drop_path_rate_and_keep_it_apart(tmp_path, monkeypatch):
+    """--drop-path-rate on a tuned run: every fit trains with it, it is logged and part of the
+    run's identity, so its row is apart from the default runs'; out of range is one line."""
+    rates = []
+    real_fit = runner_mod.fit
+
+    def spy_fit(model, train_ds, cfg, **kw):
+        rates.append(cfg.drop_path_rate)
+        return real_fit(model, train_ds, cfg, **kw)
+
+    monkeypatch.setattr(runner_mod, "fit", spy_fit)
+    out = tmp_path / "runs"
+    base = ["run", "--methods", "lora", "--tasks", "count", "--epochs", "1", "--trials", "1", "--seeds", "1",
+            "--out", str(out), "--jobs", "1", "--no-report"]
+    assert main(base) == 0 and main([*base, "--drop-path-rate", "0.2"]) == 0
+    assert rates == [0.0, 0.0, 0.2, 0.2]  # trial and final fit of each run
+    runs = report.label_rows(report.final_runs(tracking.default_tracking_uri(out), "demo"))
+    labels = set(runs["label"])  # the main identity is the most recent one on a tie: either may be labelled
+    assert labels in ({"lora", "lora (drop_path_rate=0.2)"}, {"lora", "lora (drop_path_rate=0.0)"})
+    assert main([*base, "--drop-path-rate", "1.5"]) == 2
