@@ -4,6 +4,10 @@ Per method: trainable parameters, train images/s (one optimizer step of ``bench.
 on a fixed batch), eval images/s unmerged and merged, peak memory, and on GPU the model FLOPs
 utilisation. The linear probe is also timed on cached features, as it trains. On CPU each method
 is measured in a forked child so that its peak resident memory is its own.
+
+When ``lora`` is measured, it is also timed side by side against Hugging Face peft's LoRA
+(``lora_vs_peft``): one process, the two models' steps alternating, median step time of each (on
+the demo on CPU: on one thread and on every thread).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -39,6 +44,87 @@ def seconds_per_call(fn, steps: int, device: str, warmup: int = 2) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
+
+
+def median_step_seconds(steps_fns: dict, steps: int, device: str, warmup: int = 3) -> dict:
+    """Median seconds of one call of each function in ``steps_fns`` (name -> callable), the calls
+    alternating between them (ABBA order), so that every function sees the same machine load."""
+    names = list(steps_fns)
+    for _ in range(warmup):
+        for name in names:
+            steps_fns[name]()
+    times = {name: [] for name in names}
+    for i in range(steps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps_fns[name]()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _adamw(model, device: str) -> torch.optim.AdamW:
+    """The optimizer of ``make_optimizer`` (AdamW over the trainable tensors), for models of any
+    method, registered or not; no weight decay, as in the timed steps of the table."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0,
+                             fused=device.startswith("cuda"))
+
+
+def lora_vs_peft(backbone_name: str, device: str, batch_size: int, steps: int,
+                 threads: list[int] | None = None) -> list[dict]:
+    """Our ``lora`` against Hugging Face peft's LoRA, trained side by side in this process.
+
+    Like for like: ours puts a rank-8 update on q and on v (two B A pairs: 2 x r x (d + d)
+    parameters per block); peft's ``LoraConfig(r=8, lora_alpha=8)`` on the whole fused qkv puts one
+    rank-8 update on q, k and v together (r x (d + 3d)): the same parameter count (294,912 on
+    ViT-B/16), the same low-rank FLOPs per token and the same frozen base Linear, only the structure
+    of the update differs. Both run one optimizer step of ``train_step`` on the same batch and
+    head; their steps alternate. One row per thread count (demo on CPU: 1 and all threads)."""
+    from methods.peft_tuners import PeftLoRA
+
+    torch.manual_seed(0)
+    base = backbones.create_backbone(backbone_name)
+    models = {"lora": methods.get("lora").apply(base, num_classes=NUM_CLASSES).to(device).train(),
+              "peft": PeftLoRA().apply(base, num_classes=NUM_CLASSES).to(device).train()}
+    size = backbones.get(backbone_name).image_size  # the suites' (DINOv2 is built for 518 px, run at 224)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    fns = {}
+    for name, model in models.items():
+        opt = _adamw(model, device)
+        fns[name] = (lambda m, o: (lambda: train_step(m, o, x, y, device)))(model, opt)
+    saved = torch.get_num_threads()
+    if threads is None:  # one thread too on CPU, on the demo only (a ViT-B/16 step takes seconds there)
+        threads = sorted({1, saved}) if device == "cpu" and backbone_name == "demo" else [saved]
+    rows = []
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            t = median_step_seconds(fns, steps, device, warmup=2)
+            rows.append({"threads": n, "steps": steps, "lora_ms": 1e3 * t["lora"], "peft_ms": 1e3 * t["peft"],
+                         "ratio": t["lora"] / t["peft"],
+                         "params_lora": methods.count_trainable(models["lora"]),
+                         "params_peft": methods.count_trainable(models["peft"])})
+    finally:
+        torch.set_num_threads(saved)
+    return rows
+
+
+def render_vs_peft(rows: list[dict], backbone_name: str, batch_size: int) -> str:
+    from tabulate import tabulate
+
+    table = [[r["threads"], _fmt(r["lora_ms"], 1), _fmt(r["peft_ms"], 1), _fmt(r["ratio"], 3)] for r in rows]
+    steps, params = rows[0]["steps"], rows[0]["params_lora"]
+    text = tabulate(table, headers=["threads", "lora ms/step", "peft LoRA ms/step", "lora / peft"],
+                    tablefmt="github", disable_numparse=True)
+    return (f"## lora against Hugging Face peft's LoRA\n\n"
+            f"Our `lora` (rank 8 on q and on v) and peft's `LoraConfig(r=8, lora_alpha=8)` on the whole fused "
+            f"qkv: the same trainable parameters ({params:,} here, 294,912 on ViT-B/16) and low-rank FLOPs. "
+            f"{backbone_name} backbone, batch {batch_size}, one optimizer step each, the two models' steps "
+            f"alternating in one process; median of {steps} steps each.\n\n{text}\n")
 
 
 def _current_memory_mb(device: str) -> float:
@@ -73,8 +159,8 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
     torch.manual_seed(0)
     base = backbones.create_backbone(backbone_name)
     model = methods.get(name).apply(base, num_classes=NUM_CLASSES).to(device)
-    size = base.patch_embed.img_size
-    x = torch.randn(batch_size, 3, *size, device=device)
+    size = backbones.get(backbone_name).image_size  # the suites' (DINOv2 is built for 518 px, run at 224)
+    x = torch.randn(batch_size, 3, size, size, device=device)
     y = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
@@ -138,7 +224,10 @@ def measure_all(names: list[str], backbone_name: str, device: str, batch_size: i
     whose OpenMP threads already ran can deadlock, and spawning re-imports torch every time."""
     rows = []
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "timm", "methods", "bench.perf"])
+    from methods.peft_tuners import PeftTuner
+
+    uses_peft = any(isinstance(methods.get(name), PeftTuner) for name in names)
+    ctx.set_forkserver_preload(["torch", "timm", "methods", "bench.perf"] + (["peft"] if uses_peft else []))
     for name in names:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -208,7 +297,12 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones.BACKBONES)}")
     from .runner import parse_methods
 
-    names = parse_methods(args.methods)
+    family = backbones.get(args.backbone).family
+    names = parse_methods(args.methods, family)
+    for name in names:
+        if not methods.supports(name, family):
+            raise UserError(f"method {name} does not run on {args.backbone} ({family} family): "
+                            f"{methods.get(name).unsupported_why}")
     device = resolve_device(args.device)
     demo = args.backbone == "demo"
     batch_size = args.batch_size or (64 if demo else 32)
@@ -218,6 +312,10 @@ def main(args: argparse.Namespace) -> int:
     rows = measure_all(names, args.backbone, device, batch_size, steps, args.compile)
     header = f"# Performance ({args.backbone}, {device})\n\n{machine_line(device, args.backbone, batch_size)}"
     text = render(rows, header)
+    vs_peft = []
+    if "lora" in names:  # steps alternate and the median is taken: 3x the steps of the table
+        vs_peft = lora_vs_peft(args.backbone, device, batch_size, 3 * steps)
+        text += "\n" + render_vs_peft(vs_peft, args.backbone, batch_size)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,14 +323,22 @@ def main(args: argparse.Namespace) -> int:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-    _log(rows, args, device, batch_size)
+    _log(rows, args, device, batch_size, vs_peft)
     print(f"wrote {path}")
     return 0
 
 
-def _log(rows: list[dict], args: argparse.Namespace, device: str, batch_size: int) -> None:
+def _log(rows: list[dict], args: argparse.Namespace, device: str, batch_size: int,
+         vs_peft: list[dict] | None = None) -> None:
     client = tracking.connect(args.tracking_uri or tracking.default_tracking_uri())
     exp = tracking.experiment_id(client, "perf")
+    if vs_peft:
+        tags = {"phase": "perf", "method": "lora-vs-peft", "backbone": args.backbone, "device": device,
+                "git_commit": tracking.git_commit()}
+        with tracking.TrackedRun(client, exp, f"perf lora vs peft {args.backbone} {device}", tags,
+                                 {"batch_size": batch_size, "steps": vs_peft[0]["steps"],
+                                  **tracking.package_versions()}) as run:
+            run.log_metrics({f"{k}_t{r['threads']}": r[k] for r in vs_peft for k in ("lora_ms", "peft_ms", "ratio")})
     for r in rows:
         tags = {"phase": "perf", "method": r["method"], "backbone": args.backbone, "device": device,
                 "git_commit": tracking.git_commit()}

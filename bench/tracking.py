@@ -82,7 +82,7 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "timm", "optuna", "mlflow", "peft-bench"):
+    for pkg in ("torch", "timm", "optuna", "mlflow", "peft", "peft-bench"):  # peft: its tuners' counts vary by version
         try:
             out[f"version_{pkg.replace('-', '_')}"] = version(pkg)
         except PackageNotFoundError:

@@ -42,10 +42,17 @@ class LoRALinear(Mergeable):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = list(self.base(x).split(self.chunk_size, dim=-1))
-        for j, i in enumerate(self.chunks):  # low-rank path on the activations: x A^T B^T
-            parts[i] = parts[i] + self.scaling * F.linear(F.linear(x, self.lora_A[j]), self.lora_B[j])
-        return torch.cat(parts, dim=-1)
+        # No split/cat of the fused output: one matmul against the stacked A of every chunk, one
+        # batched matmul against B, and each chunk's (alpha/r) x A^T B^T added in place into its
+        # rows of the base output (F.linear's backward needs its input, never its output).
+        out = self.base(x)
+        n, r, _ = self.lora_A.shape
+        h = F.linear(x, self.lora_A.view(n * r, -1))                            # (..., n r)
+        low = torch.bmm(h.reshape(-1, n, r).transpose(0, 1), self.lora_B.transpose(1, 2))  # (n, T, c)
+        rows = out.view(-1, out.shape[-1] // self.chunk_size, self.chunk_size)  # (T, groups, c)
+        for j, i in enumerate(self.chunks):
+            rows.select(1, i).add_(low[j], alpha=self.scaling)
+        return out
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:
