@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler="bench.data.check:main")
 
     p = sub.add_parser("run", help="tune, fit the final seeds, test, track and report")
-    p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated method names and sets: all, core (the seven of the design: full, "
+                        "linear, vpt, lora, adapter, ssf, rlrr), baselines, peft (default: all)")
     _add_common_run_args(p)
     p.add_argument("--jobs", default="auto",
                    help="local worker processes sharing the stores (default auto: one per CPU core on CPU, "
@@ -116,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="measure speed and memory of every method")
     p.add_argument("--backbone", default="demo", help=f"{BACKBONE_HELP} (default: demo)")
-    p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated method names and sets: all, core (the seven of the design: full, "
+                        "linear, vpt, lora, adapter, ssf, rlrr), baselines, peft (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64 demo, 32 ViT-B)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")

@@ -103,19 +103,27 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     return values
 
 
+METHOD_SETS = ("all", *methods.GROUPS)
+
+
 def parse_methods(text: str, family: str | None = None) -> list[str]:
-    """``--methods``: 'all' (every registered method that runs on backbones of ``family``, when
-    given) or comma-separated names, each checked to exist."""
-    if text.strip() == "all":
-        return [m for m in methods.names() if family is None or methods.supports(m, family)]
-    chosen = [m.strip() for m in text.split(",") if m.strip()]
-    if not chosen:
-        raise UserError("--methods is empty; use 'all' or names from: " + ", ".join(methods.names()))
-    for name in chosen:
+    """``--methods``: comma-separated method names and sets: 'all' (every registered method),
+    'core' (the design's seven), 'baselines', 'peft'. A set keeps the methods that run on backbones
+    of ``family`` (when given); a name is checked to exist."""
+    chosen = []
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise UserError(f"--methods is empty; use {', '.join(METHOD_SETS)} or names from: "
+                        + ", ".join(methods.names()))
+    for token in tokens:
+        if token in METHOD_SETS:
+            chosen += [m for m in methods.group(token) if family is None or methods.supports(m, family)]
+            continue
         try:
-            methods.get(name)
+            methods.get(token)
         except ValueError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(f"{exc}; or a set: {', '.join(METHOD_SETS)}") from None
+        chosen.append(token)
     return list(dict.fromkeys(chosen))
 
 
@@ -697,7 +705,7 @@ def backbone_family(args: argparse.Namespace) -> str:
 def main_run(args: argparse.Namespace) -> int:
     names = parse_methods(args.methods, backbone_family(args))
     recipe = getattr(args, "recipe", None)
-    if recipe and args.methods.strip() == "all":  # all the recipe has settings for
+    if recipe and args.methods.strip() in METHOD_SETS:  # those of the set the recipe has settings for
         names = [m for m in names if m in load_recipe(recipe).methods]
     spec = spec_from_args(args, names)
     jobs = parse_jobs(args.jobs, spec.device, args.force)
@@ -712,10 +720,11 @@ def main_run(args: argparse.Namespace) -> int:
         return 0
     studies = len(spec.methods) * len(spec.tasks)
     family = backbones.get(spec.backbone).family
-    skipped = [m for m in methods.names() if args.methods.strip() == "all" and not methods.supports(m, family)]
+    sets = [t.strip() for t in args.methods.split(",") if t.strip() in METHOD_SETS]
+    skipped = sorted({m for t in sets for m in methods.group(t) if not methods.supports(m, family)})
     if skipped:
-        print(f"bench run: --methods all on {spec.backbone} leaves out {', '.join(skipped)} (not on {family} "
-              "backbones)", flush=True)
+        print(f"bench run: --methods {args.methods} on {spec.backbone} leaves out {', '.join(skipped)} "
+              f"(not on {family} backbones)", flush=True)
     work = (f"no tuning (recipe {spec.recipe.name}), {studies * len(spec.seeds)} final fits (seeds "
             f"{', '.join(map(str, spec.seeds))}) with its settings per task" if spec.recipe else
             f"{studies} studies of {spec.trials} trials, then {studies * len(spec.seeds)} final fits (seeds "

@@ -8,12 +8,14 @@ import importlib
 import pkgutil
 
 from .base import (  # noqa: F401
+    GROUPS,
     Method,
     NotMergeable,
     Unsupported,
     count_trainable,
     decays_backbone,
     get,
+    group,
     names,
     register,
     supports,

@@ -61,6 +61,16 @@ def decays_backbone(name: str) -> bool:
     return get(name).decays_backbone
 
 
+GROUPS = ("core", "baselines", "peft")  # `--methods core` etc.; `all` is every group
+
+
+def group(name: str) -> list[str]:
+    """Sorted names of the registered methods of group ``name`` ('all': every method)."""
+    if name != "all" and name not in GROUPS:
+        raise ValueError(f"unknown method group {name!r}; known: all, {', '.join(GROUPS)}")
+    return [m for m in names() if name == "all" or _REGISTRY[m].group == name]
+
+
 def supports(name: str, family: str) -> bool:
     """Whether method ``name`` runs on backbones of ``family`` ("vit", "swin")."""
     families = get(name).families
@@ -85,6 +95,7 @@ class Method:
     defaults: dict[str, Any] = {}
     help: dict[str, str] = {}  # hyperparameter -> one-line description
     decays_backbone: bool = True  # does ``decays`` hold for any trainable tensor besides the head?
+    group: str = "core"  # core (the design's seven), baselines (the reviewers' rows) or peft (HF peft tuners)
     families: tuple[str, ...] | None = None  # backbone families it runs on (None: every family)
     unsupported_why: str = ""  # said when asked to run on another family
 

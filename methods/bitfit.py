@@ -35,6 +35,7 @@ def is_bias(name: str) -> bool:
 @register
 class BitFit(Method):
     name = "bitfit"
+    group = "baselines"
     defaults = {}
     help = {}
     mergeable = True

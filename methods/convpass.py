@@ -111,6 +111,7 @@ class Bypassed(nn.Module):
 @register
 class Convpass(Method):
     name = "convpass"
+    group = "baselines"
     defaults = {"mode": "block", "dim": 8, "scale": 1.0, "conv_init": "identity"}
     help = {
         "mode": "block (official convpass: beside attention and MLP) or attn (convpass_attn: beside attention only)",

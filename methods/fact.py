@@ -210,6 +210,7 @@ class _FacT(Method):
 @register
 class FacTTT(_FacT):
     name = "fact_tt"
+    group = "baselines"
     defaults = {"rank": 8, "scale": 1.0}
     help = {
         "rank": "rank of the shared factors U, V and of each layer's core (integer in [1, width]); searched in 4, 8, 16",
@@ -221,6 +222,7 @@ class FacTTT(_FacT):
 @register
 class FacTTK(_FacT):
     name = "fact_tk"
+    group = "baselines"
     defaults = {"rank": 32, "scale": 1.0}
     help = {
         "rank": "rank of U, V, the shared core C and P (integer in [1, width]); searched in 16, 32",

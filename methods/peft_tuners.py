@@ -124,6 +124,8 @@ class PeftTuner(Method):
     (and ``_check``, ``search_space`` as any method). Everything else is the bridge's.
     """
 
+    group = "peft"
+
     mergeable = True
     targets: tuple[str, ...] = (QKV,)  # block-relative Linear names (methods.families constants)
 

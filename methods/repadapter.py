@@ -106,6 +106,7 @@ class RepAdapterLinear(Mergeable):
 @register
 class RepAdapterMethod(Method):
     name = "repadapter"
+    group = "baselines"
     defaults = {"mode": "block", "dim": 8, "groups": 2, "scale": 1.0}
     help = {
         "mode": "block (official repblock: in front of qkv and fc1) or attn (repattn: in front of qkv only)",

@@ -9,6 +9,8 @@ import optuna
 import pytest
 import torch
 
+import methods
+
 from bench import runner as runner_mod
 from bench import tracking, train
 from bench.cli import main
@@ -410,3 +412,15 @@ def test_a_run_on_another_backbone_records_it_tunes_apart_and_normalises_as_it(t
     storage = runner_mod.open_storage(None, tmp_path)
     studies = [s.study_name for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith("claim:")]
     assert studies == ["demo@tiny_swin.lora.count"]  # the demo backbone's study is demo.lora.count
+
+
+def test_method_sets_partition_the_registry():
+    core, baselines, peft = (runner_mod.parse_methods(g) for g in ("core", "baselines", "peft"))
+    assert core == ["adapter", "full", "linear", "lora", "rlrr", "ssf", "vpt"]  # the design's seven
+    assert baselines == ["bitfit", "convpass", "fact_tk", "fact_tt", "repadapter"]
+    assert peft == ["dora", "fourierft", "ia3", "loha", "lokr", "vera"]
+    assert sorted(core + baselines + peft) == runner_mod.parse_methods("all") == methods.names()
+    assert runner_mod.parse_methods("core,dora,lora") == [*core, "dora"]  # sets and names mix, once each
+    assert "vpt" not in runner_mod.parse_methods("core", "swin")
+    with pytest.raises(runner_mod.UserError, match="unknown method 'nope'.*; or a set: all, core, baselines, peft"):
+        runner_mod.parse_methods("core,nope")
