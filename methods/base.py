@@ -118,10 +118,17 @@ class Method:
         return {}
 
     # -- optimizer -------------------------------------------------------------------------
+    decays_all: bool = False  # the official optimizer decays every tensor the method trains (see ``decays``)
+
     def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
         """Whether the optimizer applies weight decay to the trainable tensor ``name`` of
         ``model`` (named as in ``model.named_parameters()``). timm's rule by default: not for
-        1-d tensors, ``.bias`` names and the model's ``no_weight_decay()`` names."""
+        1-d tensors, ``.bias`` names and the model's ``no_weight_decay()`` names. With
+        ``decays_all`` (official optimizers with one weight decay for every trainable tensor, biases
+        included: VPT's SGD, PETL-ViT's and RepAdapter's AdamW) every tensor but the head's, which
+        keeps timm's rule in every method (weight decayed, bias not)."""
+        if self.decays_all and not name.startswith("head."):
+            return True
         return not (param.ndim <= 1 or name.endswith(".bias") or name in model.no_weight_decay())
 
     # -- adapt / merge ---------------------------------------------------------------------

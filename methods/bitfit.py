@@ -40,10 +40,7 @@ class BitFit(Method):
     help = {}
     mergeable = True
 
-    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
-        if name.startswith("head."):  # the head: weight decayed, bias not (VPT: last_layer.bias)
-            return super().decays(model, name, param)
-        return True  # VPT's SGD optimizer decays every trainable bias of the backbone
+    decays_all = True  # VPT's SGD optimizer decays every trainable bias of the backbone
 
     def _adapt(self, model: nn.Module) -> None:
         for name, param in model.named_parameters():

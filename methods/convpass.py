@@ -135,10 +135,7 @@ class Convpass(Method):
         return {"scale": trial.suggest_categorical("scale", SCALES),
                 "conv_init": trial.suggest_categorical("conv_init", list(CONV_INITS))}
 
-    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
-        if name.startswith("head."):  # the head: weight decayed, bias not (this project's rule)
-            return super().decays(model, name, param)
-        return True  # the official AdamW decays every bypass tensor, biases included
+    decays_all = True  # the official AdamW decays every bypass tensor, biases included
 
     def _adapt(self, model: nn.Module, mode: str, dim: int, scale: float, conv_init: str) -> None:
         layout = layout_of(model)

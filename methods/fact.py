@@ -173,10 +173,7 @@ class _FacT(Method):
         return {"rank": trial.suggest_categorical("rank", self.ranks),
                 "scale": trial.suggest_categorical("scale", SCALES)}
 
-    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
-        if name.startswith("head."):  # the head: weight decayed, bias not (this project's rule)
-            return super().decays(model, name, param)
-        return True  # the official AdamW decays every FacT tensor
+    decays_all = True  # the official AdamW decays every FacT tensor
 
     def _adapt(self, model: nn.Module, rank: int, scale: float) -> None:
         layout = layout_of(model)

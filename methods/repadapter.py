@@ -128,10 +128,7 @@ class RepAdapterMethod(Method):
         # mode is a variant (repblock vs repattn), not searched; dim and groups are fixed officially
         return {"scale": trial.suggest_categorical("scale", SCALES)}
 
-    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
-        if name.startswith("head."):  # the head: weight decayed, bias not (this project's rule)
-            return super().decays(model, name, param)
-        return True  # the official AdamW decays every adapter tensor, biases included
+    decays_all = True  # the official AdamW decays every adapter tensor, biases included
 
     def _adapt(self, model: nn.Module, mode: str, dim: int, groups: int, scale: float) -> None:
         layout = layout_of(model)

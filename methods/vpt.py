@@ -75,9 +75,7 @@ class VPT(Method):
         return {"num_prompts": trial.suggest_categorical("num_prompts", [1, 5, 10, 20, 50]),
                 "prompt_dropout": trial.suggest_categorical("prompt_dropout", [0.0, 0.1])}
 
-    def decays(self, model: nn.Module, name: str, param: nn.Parameter) -> bool:
-        return name != "head.bias"  # VPT's optimizer: everything but the head's bias
-
+    decays_all = True  # VPT's optimizer: everything but the head's bias
     def _adapt(self, model: nn.Module, mode: str, num_prompts: int, prompt_dropout: float) -> None:
         layout = layout_of(model)
         conv = model.get_submodule(layout.stem)

@@ -24,6 +24,8 @@ from bench.backbones import (
 from bench.cli import main
 from bench.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HEAD = 10  # classes of the heads written into the files
 
 
@@ -36,13 +38,6 @@ def vit(seed: int = 0, num_classes: int = HEAD, **changes) -> VisionTransformer:
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny forwards: one thread is faster, and far faster on a machine whose cores are busy."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

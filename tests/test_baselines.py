@@ -26,33 +26,17 @@ import methods
 import specs_baselines
 from bench.backbones import DEMO_CONFIG
 from bench.train import make_optimizer
+from conftest import randomise_1d
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASELINES = ("bitfit", "fact_tt", "fact_tk", "convpass", "repadapter")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is several times faster than two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomise_1d(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def vit():
-    """The demo architecture (width 96, 4 blocks, 4x4 patches + class token), random weights
-    with non-trivial biases and norm affines."""
-    torch.manual_seed(0)
-    return _randomise_1d(VisionTransformer(num_classes=0, **DEMO_CONFIG))
+def vit(small_vit):
+    """The demo architecture, random, with non-trivial biases and norm affines (conftest)."""
+    return small_vit
 
 
 FAMILY_MODELS = {
@@ -71,7 +55,7 @@ FAMILY_MODELS = {
 @pytest.fixture(scope="module")
 def family_models():
     torch.manual_seed(0)
-    return {name: _randomise_1d(build()) for name, build in FAMILY_MODELS.items()}
+    return {name: randomise_1d(build()) for name, build in FAMILY_MODELS.items()}
 
 
 @pytest.fixture(scope="module")

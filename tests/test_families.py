@@ -25,6 +25,8 @@ from bench.cli import main
 from bench.errors import UserError
 from methods.families import layout_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 100  # head size of the counted models
 CONFIGS = [("full", {}), ("linear", {}), ("vpt", {}), ("vpt", {"mode": "shallow"}), ("lora", {}),
            ("adapter", {}), ("adapter", {"mode": "sequential"}), ("ssf", {}), ("rlrr", {})]
@@ -50,15 +52,6 @@ LISTED = list(COUNTS)  # the issue's backbones; the registry also has the demo
 
 def config_id(name, hp):
     return "-".join([name, *map(str, hp.values())])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny forwards: one thread is faster, and far faster on a machine whose cores are busy."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -76,24 +76,6 @@ def vit_b():
     return timm.create_model("vit_base_patch16_224", pretrained=False)
 
 
-@pytest.fixture(scope="module")
-def small_vit():
-    """The demo architecture, randomly initialised, with non-trivial biases and norm affines so
-    that folding into them is exercised."""
-    torch.manual_seed(0)
-    model = VisionTransformer(num_classes=0, **DEMO_CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

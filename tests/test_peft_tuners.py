@@ -24,32 +24,19 @@ from methods import peft_tuners
 from methods.base import _REGISTRY, register
 from methods.families import ATTN_PROJ, FC1, QKV
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TUNERS = ["dora", "vera", "ia3", "loha", "lokr", "fourierft"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+@pytest.fixture(scope="module")
+def vit(small_vit):
+    return small_vit
 
 
 @pytest.fixture(scope="module")
-def vit():
-    """The demo architecture, random, with non-trivial biases (folded into by merge)."""
-    torch.manual_seed(0)
-    model = VisionTransformer(num_classes=0, **DEMO_CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def x():
-    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+def x(images):
+    return images
 
 
 def applied(name, base, seed, **hp):
