@@ -215,6 +215,11 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
     tasks = suite.select(args.tasks)
     backbone = getattr(args, "backbone", None) or suite.backbone  # callers without the flag: the suite's
     check_backbone(backbone, suite, method_names)
+    for method in method_names:
+        try:
+            methods.get(method).check_available()
+        except ImportError as exc:  # e.g. peft missing or of another series: one line, before anything is written
+            raise UserError(str(exc)) from None
     for value, what in ((args.trials, "--trials"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
         _positive(value, what)
     if args.workers < 0:

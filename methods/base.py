@@ -151,6 +151,10 @@ class Method:
         model.peft_hparams = hp
         return model
 
+    def check_available(self) -> None:
+        """ImportError (one line) when a library the method needs is missing or of an untested
+        version; the runner asks before anything is written."""
+
     def check_family(self, model: nn.Module) -> None:
         """``Unsupported`` unless this method runs on ``model``'s backbone family."""
         from .families import layout_of

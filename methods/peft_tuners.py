@@ -133,6 +133,9 @@ class PeftTuner(Method):
         """The peft config for hyperparameters ``hp``; ``targets.all`` is the exact path list."""
         raise NotImplementedError
 
+    def check_available(self) -> None:
+        import_peft(self.name)
+
     def _adapt(self, model: nn.Module, **hp: Any) -> None:
         peft = import_peft(self.name)
         layout = layout_of(model)

@@ -267,3 +267,18 @@ def test_lora_forward_and_gradients_equal_the_formula(vit, shape):
         torch.testing.assert_close(u, w)
     with torch.no_grad():  # also without autograd (eval), and on an input that needs no grad
         torch.testing.assert_close(layer(x.detach()), ref.detach())
+
+
+def test_run_without_the_tested_peft_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import importlib.metadata
+
+    from bench.cli import main
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.99.0" if name == "peft" else real_version(name))
+    out = tmp_path / "runs"
+    assert main(["run", "--methods", "lora,dora", "--tasks", "count", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dora is tested with peft>=0.21,<0.22" in err and "found peft 0.99.0" in err
+    assert not out.exists()
