@@ -295,14 +295,10 @@ def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
 def main(args: argparse.Namespace) -> int:
     if args.backbone not in backbones.BACKBONES:
         raise UserError(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones.BACKBONES)}")
-    from .runner import parse_methods
+    from .runner import check_methods_run_on, parse_methods
 
-    family = backbones.get(args.backbone).family
-    names = parse_methods(args.methods, family)
-    for name in names:
-        if not methods.supports(name, family):
-            raise UserError(f"method {name} does not run on {args.backbone} ({family} family): "
-                            f"{methods.get(name).unsupported_why}")
+    names = parse_methods(args.methods, backbones.get(args.backbone).family)
+    check_methods_run_on(args.backbone, names)
     device = resolve_device(args.device)
     demo = args.backbone == "demo"
     batch_size = args.batch_size or (64 if demo else 32)

@@ -29,20 +29,19 @@ def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int
     return train, batch / seconds_per_call(forward, steps, device, warmup=1), head_only(model)
 
 
-def estimate_seconds(spec, method: str, n_tune: int, n_val: int, n_final: int, train_rate: float,
-                     eval_rate: float, probe: bool, final_epochs: int | None = None) -> float:
+def estimate_seconds(spec, method: str, task, n_tune: int, n_val: int, n_final: int, train_rate: float,
+                     eval_rate: float, probe: bool) -> float:
     """Seconds for one (method, task): trials x epochs on the tuning split (+ val every epoch),
-    seeds x ``final_epochs`` (default: the run's epochs) on the final split; no trials under a
-    recipe. A linear probe pays one feature pass per split and run."""
-    final_epochs = final_epochs or spec.epochs
-    trials = 0 if getattr(spec, "recipe", None) is not None else spec.trials
+    seeds x the final fit's epochs (``spec.final_epochs``: a recipe's own) on the final split
+    (a recipe runs no trials). A linear probe pays one feature pass per split and run."""
+    final_epochs = spec.final_epochs(method, task)
     if probe:
         per_trial = (n_tune + n_val) / eval_rate
         per_final = n_final / eval_rate
     else:
         per_trial = spec.epochs * (n_tune / train_rate + n_val / eval_rate)
         per_final = final_epochs * n_final / train_rate
-    return trials * per_trial + len(spec.seeds) * per_final
+    return spec.trials * per_trial + len(spec.seeds) * per_final
 
 
 def print_plan(spec) -> None:
@@ -63,11 +62,11 @@ def print_plan(spec) -> None:
     for method in spec.methods:
         train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
                                               steps, int(s.recipe["image_size"]))
-        seconds = sum(estimate_seconds(spec, method, *sizes[t.name], train_rate, eval_rate, probe,
-                                       spec.final_epochs(method, t)) for t in spec.tasks)
+        seconds = sum(estimate_seconds(spec, method, t, *sizes[t.name], train_rate, eval_rate, probe)
+                      for t in spec.tasks)
         total += seconds
-        trials = 0 if spec.recipe else spec.trials * len(spec.tasks)
-        rows.append([method, 0 if spec.recipe else len(spec.tasks), trials, len(spec.seeds) * len(spec.tasks),
+        rows.append([method, 0 if spec.recipe else len(spec.tasks), spec.trials * len(spec.tasks),
+                     len(spec.seeds) * len(spec.tasks),
                      f"{train_rate:,.0f}", f"{eval_rate:,.0f}", f"{seconds / 60:,.1f}"])
     if spec.recipe:
         r = spec.recipe

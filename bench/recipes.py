@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
-from numbers import Real
-
 import methods
+from methods._checks import check_float, check_int
 
 from .catalog import Suite, load_suite
 from .errors import UserError
@@ -63,6 +62,11 @@ class Setting:
     """What one final fit of (method, task) uses under a recipe."""
     train: dict  # every TRAIN_KEYS entry (defaults filled in)
     hparams: dict  # the method's hyperparameters (the recipe's, over the method's defaults)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs a fit trains: the cosine's and the cool-down after it."""
+        return self.train["epochs"] + self.train["cooldown_epochs"]
 
 
 @dataclass(frozen=True)
@@ -152,18 +156,16 @@ def _check_table(where: str, table: dict, allowed: set[str]) -> None:
 
 
 def _check_value(where: str, key: str, value) -> None:
+    """The methods' own validators (``methods._checks``), with the place in the file as the name."""
     kind, *bounds = TRAIN_KEYS[key]
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-        return
-    lo, hi, lo_open, hi_open = bounds
-    ok_type = isinstance(value, int) if kind is int else isinstance(value, Real)
-    ok = (ok_type and not isinstance(value, bool) and (lo < value if lo_open else lo <= value)
-          and (value < hi if hi_open else value <= hi))
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} in {rng}, got {value!r}")
+    elif kind is int:
+        check_int(where, {key: value}, key, *bounds[:2])
+    else:
+        lo, hi, lo_open, hi_open = bounds
+        check_float(where, {key: value}, key, lo, hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def _check_setting(where: str, suite: Suite, setting: Setting, method: str) -> None:

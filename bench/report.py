@@ -503,7 +503,7 @@ def recipe_note(name: str) -> str:
 
     try:
         r = load_recipe(name)
-    except Exception:  # a recipe this version no longer ships: say so rather than fail the report
+    except (UserError, ValueError):  # a recipe this version no longer ships (or ships changed): say so
         return f"(recipe {name}): settings of a recipe this version of bench does not ship."
     return (f"(recipe {r.name}): no tuning; every fit trained with the per-task settings of {r.title}, "
             f"transcribed from {r.repository} at {r.commit[:7]} (bench/catalog_data/recipes/{r.name}.toml). "

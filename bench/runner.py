@@ -87,8 +87,7 @@ class RunSpec:
         """Epochs one final fit of (method, task) trains: the recipe's cosine and cool-down, or --epochs."""
         if self.recipe is None:
             return self.epochs
-        train = self.setting(method, task).train
-        return train["epochs"] + train["cooldown_epochs"]
+        return self.setting(method, task).epochs_trained
 
 
 def parse_int_list(text: str | None, what: str) -> list[int] | None:
@@ -176,18 +175,25 @@ def _writable_dir(path: Path) -> Path:
     return path.resolve()
 
 
-def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbones.Backbone:
-    """The backbone ``name`` if the suite's images fit it and every chosen method runs on its
-    family; else one ``UserError`` line (before anything is built or written)."""
+def check_methods_run_on(name: str, method_names: list[str]) -> backbones.Backbone:
+    """The backbone ``name`` if every chosen method runs on its family; else one ``UserError``
+    line (before anything is built or written). `bench run`, `tune` and `perf` ask it."""
     spec = backbones.get(name)
-    size = int(suite.recipe["image_size"])
-    if size != spec.image_size:
-        raise UserError(f"backbone {name} runs on {spec.image_size}px images; suite {suite.name}'s are {size}px")
     for method in method_names:
         if not methods.supports(method, spec.family):
             why = methods.get(method).unsupported_why
             raise UserError(f"method {method} does not run on {name} ({spec.family} family)"
                             f"{': ' + why if why else ''}; drop it from --methods")
+    return spec
+
+
+def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbones.Backbone:
+    """The backbone ``name`` if the suite's images fit it and every chosen method runs on its
+    family; else one ``UserError`` line (before anything is built or written)."""
+    spec = check_methods_run_on(name, method_names)
+    size = int(suite.recipe["image_size"])
+    if size != spec.image_size:
+        raise UserError(f"backbone {name} runs on {spec.image_size}px images; suite {suite.name}'s are {size}px")
     return spec
 
 
@@ -251,7 +257,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
                         "or http://host:5000")
     return RunSpec(
         suite=suite, tasks=tasks, backbone=backbone, methods=method_names, seeds=seeds,
-        trials=args.trials or suite.recipe["trials"], epochs=epochs,
+        trials=0 if recipe else args.trials or suite.recipe["trials"], epochs=epochs,
         warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
@@ -307,9 +313,7 @@ def build_backbone(spec: RunSpec):
     """The run's backbone: from ``--pretrained FILE``, the demo's committed checkpoint, or
     randomly initialised when the user asked for it (``--pretrained none``)."""
     if spec.random_init:
-        if spec.backbone == "demo":
-            return backbones.create_demo(pretrained=False)
-        return backbones.create_backbone(spec.backbone)
+        return backbones.get(spec.backbone).build(0)
     return backbones.create_backbone(spec.backbone, spec.pretrained)
 
 
@@ -382,7 +386,7 @@ class Runner:
                                  warmup_lr=t["warmup_lr"] or 0.0, min_lr=t["min_lr"],
                                  restart_epochs=t["restart_epochs"], per_epoch=t["lr_per_epoch"])
         s = self.spec
-        return TrainConfig(epochs=t["epochs"] + t["cooldown_epochs"], batch_size=t["batch_size"], lr=t["lr"],
+        return TrainConfig(epochs=setting.epochs_trained, batch_size=t["batch_size"], lr=t["lr"],
                            weight_decay=t["weight_decay"], warmup_epochs=t["warmup_epochs"], seed=seed,
                            device=s.device, workers=s.workers, compile=s.compile, desc=desc, checkpoint=checkpoint,
                            paper_schedule=schedule, drop_path_rate=t["drop_path_rate"], zero_head=t["zero_head"])
@@ -392,10 +396,10 @@ class Runner:
         recipe the recipe's name and what this (method, task) trains with."""
         if self.spec.recipe is None:
             return self.spec.protocol()
-        t = self.spec.setting(method, task).train
+        setting = self.spec.setting(method, task)
         return {"suite": self.spec.suite.name, "recipe": self.spec.recipe.name,
-                "epochs": t["epochs"] + t["cooldown_epochs"], "warmup_epochs": t["warmup_epochs"],
-                "batch_size": t["batch_size"], "trials": 0}
+                "epochs": setting.epochs_trained, "warmup_epochs": setting.train["warmup_epochs"],
+                "batch_size": setting.train["batch_size"], "trials": self.spec.trials}
 
     def _model(self, method: str, task: Task, method_params: dict, seed: int):
         seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
