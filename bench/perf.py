@@ -295,7 +295,7 @@ def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
 def main(args: argparse.Namespace) -> int:
     if args.backbone not in backbones.BACKBONES:
         raise UserError(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones.BACKBONES)}")
-    from .runner import check_methods_run_on, parse_methods
+    from .spec import check_methods_run_on, parse_methods
 
     names = parse_methods(args.methods, backbones.get(args.backbone).family)
     check_methods_run_on(args.backbone, names)

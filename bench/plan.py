@@ -48,7 +48,7 @@ def print_plan(spec) -> None:
     from tabulate import tabulate
 
     from .data import split_size
-    from .runner import build_backbone
+    from .spec import build_backbone
 
     s = spec.suite
     sizes = {}

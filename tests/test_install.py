@@ -201,16 +201,19 @@ def test_mlflow_server_shows_the_runs_params_and_metrics(micro_run):
         server.stop()
 
 
-def test_optuna_dashboard_opens_the_runs_journal(micro_run):
+def test_optuna_dashboard_opens_the_runs_storage(micro_run):
     port = _free_port()
-    server = _Server([_viewer("optuna-dashboard"), str(micro_run / "optuna.journal"), "--host", "127.0.0.1",
+    server = _Server([_viewer("optuna-dashboard"), f"sqlite:///{micro_run / 'optuna.db'}", "--host", "127.0.0.1",
                       "--port", str(port)], cwd=micro_run.parent, log=micro_run.parent / "optuna_dashboard.log")
     try:
         studies = server.wait_for(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
         names = {s["study_name"]: s["study_id"] for s in studies}
-        assert "demo.linear.digits" in names
+        assert sorted(names) == ["demo.linear.digits", "demo.linear.digits/final"]  # no bookkeeping studies
         detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{names['demo.linear.digits']}")
         assert len(detail["trials"]) == 1 and detail["trials"][0]["state"] == "Complete"
+        fits = _get_json(f"http://127.0.0.1:{port}/api/studies/{names['demo.linear.digits/final']}")["trials"]
+        attrs = {a["key"]: a["value"] for a in fits[0]["user_attrs"]}
+        assert fits[0]["state"] == "Complete" and {"seed", "run_key", "mlflow_run_id"} <= set(attrs)
     finally:
         server.stop()
 

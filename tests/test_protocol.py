@@ -10,7 +10,8 @@ import mlflow
 import optuna
 import pytest
 
-from bench import runner as runner_mod
+from bench import protocol, spec as spec_mod
+from bench.split_guard import SplitGuard
 from bench import tracking
 from bench.cli import main
 from bench.tune import open_study
@@ -20,7 +21,7 @@ def _spec(tmp_path, methods=("linear",), **overrides):
     args = dict(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0, seeds="1",
                 data_root=None, pretrained=None, device="cpu", out=str(tmp_path), tracking_uri=None,
                 storage=None, compile=False, force=False, hparam=[])
-    return runner_mod.spec_from_args(argparse.Namespace(**{**args, **overrides}), list(methods))
+    return spec_mod.spec_from_args(argparse.Namespace(**{**args, **overrides}), list(methods))
 
 
 def _finals(out):
@@ -50,14 +51,14 @@ def test_last_epoch_runs_at_the_end_of_the_cosine_and_the_leaderboard_goes_under
 def test_final_fits_are_keyed_on_their_hyperparameters(tmp_path):
     """Item 3: a final fit with other hyperparameters (after a re-tune) is another fit with its own
     checkpoint, not 'done' because an older one exists; the same fit again is skipped."""
-    runner = runner_mod.Runner(_spec(tmp_path))
+    runner = protocol.Runner(_spec(tmp_path))
     task = runner.spec.tasks[0]
     a = {"lr": 1e-3, "weight_decay": 1e-4}
     b = {"lr": 3e-3, "weight_decay": 1e-4}
     assert runner.run_key("linear", task, 1, a) != runner.run_key("linear", task, 1, b)
-    assert runner.final("linear", task, 1, a, "test") is not None
-    assert runner.final("linear", task, 1, b, "test") is not None  # before: skipped as done
-    assert runner.final("linear", task, 1, a, "test") is None
+    assert len(runner.finals("linear", task, a, "test")) == 1
+    assert len(runner.finals("linear", task, b, "test")) == 1  # before: skipped as done
+    assert runner.finals("linear", task, a, "test") == []
     _, runs = _finals(tmp_path)
     assert sorted(float(r.data.params["lr"]) for r in runs) == [1e-3, 3e-3]
     assert all(r.data.tags[tracking.EXPERIMENT_TAG] for r in runs)
@@ -67,7 +68,7 @@ def test_linear_probe_features_come_from_the_eval_transform(tmp_path, monkeypatc
     """Item 5: features are computed once and reused every epoch, so the linear probe must not
     read the training transform (FGVC: one random crop frozen for the whole run)."""
     seen = []
-    real_open, real_fit = runner_mod.SplitGuard.open, runner_mod.fit
+    real_open, real_fit = SplitGuard.open, protocol.fit
 
     def open_(self, task, split, train=False, flip=False):
         ds = real_open(self, task, split, train=train, flip=flip)
@@ -78,9 +79,9 @@ def test_linear_probe_features_come_from_the_eval_transform(tmp_path, monkeypatc
         seen.append(("fit", model.peft_method))
         return real_fit(model, train_ds, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(runner_mod.SplitGuard, "open", open_)
-    monkeypatch.setattr(runner_mod, "fit", fit)
-    runner = runner_mod.Runner(_spec(tmp_path, methods=("linear", "lora")))
+    monkeypatch.setattr(SplitGuard, "open", open_)
+    monkeypatch.setattr(protocol, "fit", fit)
+    runner = protocol.Runner(_spec(tmp_path, methods=("linear", "lora")))
     runner.run()
     train_splits = {"train800", "train800val200"}
     opened_for = {}
@@ -97,7 +98,8 @@ def test_no_pruning_inside_the_warmup(tmp_path):
     """Item 7: with a 10-epoch warm-up a trial far below the median survives epochs 0-9 and may be
     pruned from epoch 10 (before: from epoch 1)."""
     storage = optuna.storages.InMemoryStorage()
-    study = open_study(storage, "s", seed=0, warmup_epochs=10)
+    study, created = open_study(storage, "s", seed=0, warmup_epochs=10)
+    assert created and not open_study(storage, "s", seed=0)[1]  # the second opener loads it
     for _ in range(2):
         t = study.ask()
         for step in range(12):
@@ -113,9 +115,9 @@ def test_no_pruning_inside_the_warmup(tmp_path):
 
 def test_hparam_values_are_typed_by_the_hyperparameter():
     """Item 11: alpha is a number (its default happens to be the int 8); rank is an integer."""
-    assert runner_mod.parse_fixed(["lora.alpha=0.5"], ["lora"]) == {"lora": {"alpha": 0.5}}
-    assert runner_mod.parse_fixed(["lora.rank=4", "lora.alpha=16"], ["lora"]) == {"lora": {"rank": 4, "alpha": 16}}
-    assert runner_mod.parse_fixed(["vpt.mode=shallow"], ["vpt"]) == {"vpt": {"mode": "shallow"}}
+    assert spec_mod.parse_fixed(["lora.alpha=0.5"], ["lora"]) == {"lora": {"alpha": 0.5}}
+    assert spec_mod.parse_fixed(["lora.rank=4", "lora.alpha=16"], ["lora"]) == {"lora": {"rank": 4, "alpha": 16}}
+    assert spec_mod.parse_fixed(["vpt.mode=shallow"], ["vpt"]) == {"vpt": {"mode": "shallow"}}
 
 
 def test_a_real_suite_needs_weights_or_an_explicit_random_init(tmp_path, capsys):
@@ -128,7 +130,7 @@ def test_a_real_suite_needs_weights_or_an_explicit_random_init(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
     spec = _spec(tmp_path, pretrained="none")
     assert spec.random_init and spec.pretrained is None
-    runner = runner_mod.Runner(spec)
+    runner = protocol.Runner(spec)
     assert runner.provenance["weights_sha256"] == "none"
     assert runner.experiment("linear")["weights_sha256"] == "none"
     from bench.backbones import create_demo

@@ -180,7 +180,7 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 import bench.data  # noqa: E402
 from bench import backbones, report, tracking  # noqa: E402
-from bench import runner as runner_mod  # noqa: E402
+from bench import protocol, tune  # noqa: E402
 from bench.cli import main  # noqa: E402
 from test_data import _vtab_task  # noqa: E402
 
@@ -213,7 +213,7 @@ def _recipe_args(vtab, out, *extra):
 
 def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, vtab, tmp_path, monkeypatch):
     configs, flips = {}, {}
-    real_fit, real_open = runner_mod.fit, bench.data.open_split
+    real_fit, real_open = protocol.fit, bench.data.open_split
 
     def spy_fit(model, train_ds, cfg, **kw):
         configs[cfg.desc.split()[0].split("/")[1]] = cfg
@@ -224,7 +224,7 @@ def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, v
             flips[task] = kw["flip"]
         return real_open(suite, task, split, **kw)
 
-    monkeypatch.setattr(runner_mod, "fit", spy_fit)
+    monkeypatch.setattr(protocol, "fit", spy_fit)
     monkeypatch.setattr(bench.data, "open_split", spy_open)
     out = tmp_path / "runs"
     assert main(_recipe_args(vtab, out, "--epochs", "2")) == 0
@@ -234,9 +234,10 @@ def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, v
     assert (dtd.lr, dtd.drop_path_rate) == (2e-3, 0.1) and flips == {"cifar": False, "dtd": True}
     assert cifar.epochs == 2 and cifar.paper_schedule.cosine_epochs == 2  # --epochs: a smoke run, no cool-down
     assert cifar.paper_schedule.warmup_epochs == 1 and cifar.paper_schedule.per_epoch
-    # no Optuna study; MLflow records the recipe and the settings as params
-    storage = runner_mod.open_storage(None, out)
-    assert [s.study_name for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith("claim:")] == []
+    # no tuning study, only the final fits' study; MLflow records the recipe and the settings as params
+    storage = tune.open_storage(None, out)
+    assert all(s.study_name.endswith("[recipe=rlrr-paper].cifar/final") or s.study_name.endswith("[recipe=rlrr-paper].dtd/final")
+               for s in optuna.get_all_study_summaries(storage))
     client = mlflow.MlflowClient(tracking.default_tracking_uri(out))
     exp = client.get_experiment_by_name(tracking.experiment_name("vtab1k"))
     runs = {r.data.tags["task"]: r for r in client.search_runs([exp.experiment_id])}
@@ -304,13 +305,13 @@ def test_tuned_runs_take_a_drop_path_rate_and_keep_it_apart(tmp_path, monkeypatc
     """--drop-path-rate on a tuned run: every fit trains with it, it is logged and part of the
     run's identity, so its row is apart from the default runs'; out of range is one line."""
     rates = []
-    real_fit = runner_mod.fit
+    real_fit = protocol.fit
 
     def spy_fit(model, train_ds, cfg, **kw):
         rates.append(cfg.drop_path_rate)
         return real_fit(model, train_ds, cfg, **kw)
 
-    monkeypatch.setattr(runner_mod, "fit", spy_fit)
+    monkeypatch.setattr(protocol, "fit", spy_fit)
     out = tmp_path / "runs"
     base = ["run", "--methods", "lora", "--tasks", "count", "--epochs", "1", "--trials", "1", "--seeds", "1",
             "--out", str(out), "--jobs", "1", "--no-report"]

@@ -2,6 +2,7 @@
 the test-split guard, determinism and bad flags."""
 from __future__ import annotations
 
+import argparse
 import math
 
 import mlflow
@@ -11,10 +12,11 @@ import torch
 
 import methods
 
-from bench import runner as runner_mod
+from bench import protocol, spec as spec_mod, tune
 from bench import tracking, train
 from bench.cli import main
-from bench.runner import ProtocolError, SplitGuard
+from bench.errors import UserError
+from bench.split_guard import ProtocolError, SplitGuard
 
 TASKS = "digits,count"
 
@@ -32,7 +34,7 @@ def final_runs(out, status="FINISHED"):
 
 
 def study(out, method, task):
-    storage = runner_mod.open_storage(None, out)
+    storage = tune.open_storage(None, out)
     return optuna.load_study(study_name=f"demo.{method}.{task}", storage=storage)
 
 
@@ -61,7 +63,7 @@ def test_micro_run_end_to_end(micro):
         for task in TASKS.split(","):
             trials = study(micro, method, task).trials
             assert len(trials) == 2
-            assert trials[0].params["lr"] == runner_mod.COMMON_DEFAULTS["lr"]  # first trial = recipe defaults
+            assert trials[0].params["lr"] == tune.COMMON_DEFAULTS["lr"]  # first trial = recipe defaults
     assert (micro / "reports" / "demo.md").is_file()
 
 
@@ -86,12 +88,12 @@ def test_interrupted_run_resumes_without_doing_a_final_twice(tmp_path, monkeypat
                 raise KeyboardInterrupt
         return real_fit(model, train_ds, cfg, eval_ds, eval_every_epoch, on_epoch)
 
-    monkeypatch.setattr(runner_mod, "fit", flaky_fit)
+    monkeypatch.setattr(protocol, "fit", flaky_fit)
     assert main(micro_args(tmp_path)) == 130
     assert len(final_runs(tmp_path)) == 2
     assert len(final_runs(tmp_path, status="KILLED")) == 1
 
-    monkeypatch.setattr(runner_mod, "fit", real_fit)
+    monkeypatch.setattr(protocol, "fit", real_fit)
     assert main(micro_args(tmp_path)) == 0
     finished = final_runs(tmp_path)
     keys = [r.data.tags["run_key"] for r in finished]
@@ -144,8 +146,8 @@ def test_test_split_is_never_opened_before_the_final_fit(tmp_path, monkeypatch):
 
 
 def test_split_guard_refuses_test_outside_final(tmp_path):
-    args = runner_mod.spec_from_args(
-        runner_mod.argparse.Namespace(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0,
+    args = spec_mod.spec_from_args(
+        argparse.Namespace(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0,
                                       seeds=None, data_root=None, pretrained=None, device="cpu", out=str(tmp_path),
                                       tracking_uri=None, storage=None, compile=False, force=False, hparam=[]),
         ["lora"])
@@ -351,7 +353,7 @@ def test_a_fixed_variant_gets_its_own_study_and_runs(tmp_path):
     assert main(args) == 0
     (run,) = final_runs(tmp_path)
     assert run.data.params["mode"] == "shallow"
-    storage = runner_mod.open_storage(None, tmp_path)
+    storage = tune.open_storage(None, tmp_path)
     trials = optuna.load_study(study_name="demo.vpt[mode=shallow].count", storage=storage).trials
     assert len(trials) == 2
 
@@ -373,8 +375,8 @@ def test_bench_tune_runs_one_study_and_prints_its_best_params(tmp_path, capsys):
 def test_methods_all_means_every_method_that_runs_on_the_backbone():
     import methods
 
-    assert runner_mod.parse_methods("all", "vit") == methods.names()
-    on_swin = runner_mod.parse_methods("all", "swin")
+    assert spec_mod.parse_methods("all", "vit") == methods.names()
+    on_swin = spec_mod.parse_methods("all", "swin")
     assert "vpt" not in on_swin and {"full", "linear", "lora", "adapter", "ssf", "rlrr"} <= set(on_swin)
     assert on_swin == [m for m in methods.names() if methods.supports(m, "swin")]
 
@@ -409,18 +411,18 @@ def test_a_run_on_another_backbone_records_it_tunes_apart_and_normalises_as_it(t
     assert run.data.params["backbone"] == "tiny_swin"
     assert '"backbone": "tiny_swin"' in run.data.tags[tracking.EXPERIMENT_TAG]
     assert set(seen) == {(tiny.mean, tiny.std)}
-    storage = runner_mod.open_storage(None, tmp_path)
-    studies = [s.study_name for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith("claim:")]
-    assert studies == ["demo@tiny_swin.lora.count"]  # the demo backbone's study is demo.lora.count
+    storage = tune.open_storage(None, tmp_path)
+    studies = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert studies == ["demo@tiny_swin.lora.count", "demo@tiny_swin.lora.count/final"]  # the demo backbone's study is demo.lora.count
 
 
 def test_method_sets_partition_the_registry():
-    core, baselines, peft = (runner_mod.parse_methods(g) for g in ("core", "baselines", "peft"))
+    core, baselines, peft = (spec_mod.parse_methods(g) for g in ("core", "baselines", "peft"))
     assert core == ["adapter", "full", "linear", "lora", "rlrr", "ssf", "vpt"]  # the design's seven
     assert baselines == ["bitfit", "convpass", "fact_tk", "fact_tt", "repadapter"]
     assert peft == ["dora", "fourierft", "ia3", "loha", "lokr", "vera"]
-    assert sorted(core + baselines + peft) == runner_mod.parse_methods("all") == methods.names()
-    assert runner_mod.parse_methods("core,dora,lora") == [*core, "dora"]  # sets and names mix, once each
-    assert "vpt" not in runner_mod.parse_methods("core", "swin")
-    with pytest.raises(runner_mod.UserError, match="unknown method 'nope'.*; or a set: all, core, baselines, peft"):
-        runner_mod.parse_methods("core,nope")
+    assert sorted(core + baselines + peft) == spec_mod.parse_methods("all") == methods.names()
+    assert spec_mod.parse_methods("core,dora,lora") == [*core, "dora"]  # sets and names mix, once each
+    assert "vpt" not in spec_mod.parse_methods("core", "swin")
+    with pytest.raises(UserError, match="unknown method 'nope'.*; or a set: all, core, baselines, peft"):
+        spec_mod.parse_methods("core,nope")

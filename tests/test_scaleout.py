@@ -1,5 +1,6 @@
 """Many workers, one sweep: concurrent workers share the stores and divide the work; a worker
-killed with SIGKILL and started again loses nothing and counts nothing twice."""
+killed with SIGKILL and started again loses nothing and counts nothing twice; the Optuna storage
+holds a tuning study and a final-fit study per (method, task), nothing else."""
 from __future__ import annotations
 
 import os
@@ -63,58 +64,86 @@ def test_three_workers_share_the_sweep_and_match_one_worker(tmp_path):
     finals_reported = [line for o in outputs for line in o.splitlines() if line.startswith("final ")]
     assert len(finals_reported) == len(EXPECTED)  # each worker reports what it did, nothing twice
 
+    for out in (single, multi):
+        assert_storage_holds_the_sweep(out, budget=2, seeds=(1, 2))
+
+
+def assert_storage_holds_the_sweep(out, budget: int, seeds) -> None:
+    """Exactly ``budget`` finished trials per tuning study, the recipe defaults once among them; a
+    final-fit study whose every fit finished once and points at its MLflow run; no other study."""
     import optuna
+    from optuna.trial import TrialState
 
     from bench.tune import open_storage
-    for out in (single, multi):
-        storage = open_storage(None, out)
-        for m in ("linear", "lora"):
-            for t in ("digits", "count"):
-                study = optuna.load_study(study_name=f"demo.{m}.{t}", storage=storage)
-                assert len(study.trials) == 2  # the budget, not overshot by concurrent workers
-                assert_no_duplicate_trials(study)
+    storage = open_storage(None, out)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    pairs = [(m, t) for m in ("linear", "lora") for t in ("digits", "count")]
+    assert names == sorted(n for m, t in pairs for n in (f"demo.{m}.{t}", f"demo.{m}.{t}/final"))
+    runs = {r.data.tags["run_key"]: r for r in finals(out) if r.info.status == "FINISHED"}
+    for m, t in pairs:
+        study = optuna.load_study(study_name=f"demo.{m}.{t}", storage=storage)
+        finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        assert len(finished) == budget  # the budget, not overshot by concurrent workers
+        assert_no_duplicate_trials(finished)
+        others = [tr for tr in study.trials if tr not in finished]  # only refused surplus or dead workers' trials
+        assert all(tr.state == TrialState.FAIL for tr in others), [tr.state for tr in others]
+        fits = optuna.load_study(study_name=f"demo.{m}.{t}/final", storage=storage)
+        done = fits.get_trials(states=(TrialState.COMPLETE,))
+        assert sorted(tr.user_attrs["seed"] for tr in done) == sorted(seeds)
+        for tr in done:
+            run = runs[tr.user_attrs["run_key"]]
+            assert tr.user_attrs["mlflow_run_id"] == run.info.run_id
+            assert (run.data.tags["optuna_study"], run.data.tags["optuna_trial"]) == (fits.study_name, str(tr.number))
+            assert tr.value == run.data.metrics["test_acc"]
 
 
-def assert_no_duplicate_trials(study) -> None:
-    params = [tuple(sorted(t.params.items())) for t in study.trials]
-    assert len(set(params)) == len(params), f"{study.study_name}: one configuration ran twice: {params}"
-    defaults = [t for t in study.trials if t.params.get("lr") == 1e-3 and t.params.get("weight_decay") == 1e-4]
-    assert len(defaults) == 1, f"{study.study_name}: {len(defaults)} recipe-default trials"
+def assert_no_duplicate_trials(trials) -> None:
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params), f"one configuration ran twice: {params}"
+    defaults = [t for t in trials if t.params.get("lr") == 1e-3 and t.params.get("weight_decay") == 1e-4]
+    assert len(defaults) == 1, f"{len(defaults)} recipe-default trials"
 
 
-# A slow storage (a database across a network) widens the window between Optuna's check that a
-# configuration is not enqueued yet and the enqueue: every worker's check-then-act races.
-SLOW_STORAGE = """
+# A slow storage (a database across a network) widens the window between a worker's check that
+# the budget has room and its ``ask``: every worker passes the check, and all of them ask.
+SLOW_ASK = """
 import sys, time, optuna
-_check = optuna.Study._should_skip_enqueue
-def _slow_check(self, params):
-    skip = _check(self, params)
-    time.sleep(3)
-    return skip
-optuna.Study._should_skip_enqueue = _slow_check
+_ask = optuna.Study.ask
+def _slow_ask(self, *args, **kwargs):
+    time.sleep(2)
+    return _ask(self, *args, **kwargs)
+optuna.Study.ask = _slow_ask
 import bench.cli
 sys.exit(bench.cli.main(sys.argv[1:]))
 """
 
 
-def test_concurrent_workers_never_run_the_default_trial_twice(tmp_path):
-    """Workers that open a fresh study together each saw it empty and enqueued the recipe
-    defaults: the study's budget then held the same configuration two or three times (issue 11,
-    item 6; seen with two workers on linear/textures). Three workers on a slow storage."""
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_concurrent_workers_fill_the_budget_exactly(tmp_path, workers):
+    """Each study ends with exactly --trials finished trials, the recipe defaults once among them,
+    under 1, 2 and 3 workers on a slow storage (issue 11, item 6: concurrent workers once ran the
+    defaults two or three times; issue 12: the budget is the study's own trial count). A worker
+    whose ask overshot the budget tells its trial FAIL, marked ``surplus``."""
     import optuna
+    from optuna.trial import TrialState
 
     from bench.tune import open_storage
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     argv = ["tune", "--method", "linear", "--task", "digits", "--trials", "3", "--epochs", "1", "--out", str(tmp_path)]
-    procs = [subprocess.Popen([sys.executable, "-c", SLOW_STORAGE, *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_ASK, *argv], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
     for p in procs:
         wait(p)
     study = optuna.load_study(study_name="demo.linear.digits", storage=open_storage(None, tmp_path))
-    assert len(study.trials) == 3
-    assert_no_duplicate_trials(study)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 3
+    assert_no_duplicate_trials(finished)
+    refused = [t for t in study.trials if t not in finished]
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in refused)
+    if workers == 1:
+        assert not refused
 
 
 def _finished_finals(db) -> int:
@@ -149,6 +178,7 @@ def test_sigkill_then_restart_loses_nothing_and_counts_nothing_twice(tmp_path):
     statuses = Counter(r.info.status for r in finals(tmp_path))
     assert statuses["RUNNING"] == 0  # the run killed mid-fit was marked failed on restart
     assert statuses["FINISHED"] == len(EXPECTED)
+    assert_storage_holds_the_sweep(tmp_path, budget=2, seeds=(1, 2))
 
 
 @pytest.mark.skipif(not os.environ.get("BENCH_TEST_POSTGRES_URL"),

@@ -1,0 +1,286 @@
+"""What a `bench run` or `bench tune` will do, checked before anything is written: the run spec
+(suite, tasks, backbone, methods, seeds, protocol, stores), the parsing of its flags, and the
+names it gives its Optuna studies. A user error is one ``UserError`` line (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import methods
+
+from . import backbones, tracking
+from .catalog import Suite, Task, load_suite
+from .errors import UserError
+from .recipes import Recipe, Setting, load_recipe
+from .train import resolve_device
+
+
+@dataclass
+class RunSpec:
+    suite: Suite
+    tasks: list[Task]
+    backbone: str  # a name of ``bench.backbones.BACKBONES``: --backbone, else the suite's
+    methods: list[str]
+    seeds: list[int]
+    trials: int
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    data_root: str | None
+    pretrained: str | None
+    random_init: bool
+    device: str
+    out: Path
+    storage: str | None
+    tracking_uri: str
+    workers: int = 0
+    compile: bool = False
+    force: bool = False
+    fixed: dict[str, dict] = field(default_factory=dict)  # method -> hyperparameters fixed by --hparam
+    drop_path_rate: float = 0.0  # --drop-path-rate: timm's stochastic depth for every fit (tuned runs)
+    recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
+    epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
+
+    def protocol(self) -> dict:
+        """The protocol part of an experiment's identity (see ``Runner.experiment``). Under a recipe
+        its name (and a smoke run's --epochs) stands for every setting, which the run key holds."""
+        if self.recipe is not None:
+            return {"suite": self.suite.name, "recipe": self.recipe.name, "epochs_override": self.epochs_override}
+        protocol = {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
+                    "batch_size": self.batch_size, "trials": self.trials}
+        if self.drop_path_rate:  # only when set, so that the identities of earlier runs stay the same
+            protocol["drop_path_rate"] = self.drop_path_rate
+        return protocol
+
+    def setting(self, method: str, task: Task) -> Setting:
+        """The recipe's settings of (method, task); under --epochs N, N epochs and no cool-down."""
+        setting = self.recipe.setting(self.suite.name, task.name, method)
+        if self.epochs_override:
+            n = self.epochs_override
+            setting = Setting({**setting.train, "epochs": n, "cooldown_epochs": 0,
+                               "warmup_epochs": min(setting.train["warmup_epochs"], n - 1),
+                               "restart_epochs": min(setting.train["restart_epochs"], n)}, setting.hparams)
+        return setting
+
+    def final_epochs(self, method: str, task: Task) -> int:
+        """Epochs one final fit of (method, task) trains: the recipe's cosine and cool-down, or --epochs."""
+        if self.recipe is None:
+            return self.epochs
+        return self.setting(method, task).epochs_trained
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"{what} must list distinct integers, got {text!r}")
+    return values
+
+
+METHOD_SETS = ("all", *methods.GROUPS)
+
+
+def parse_methods(text: str, family: str | None = None) -> list[str]:
+    """``--methods``: comma-separated method names and sets: 'all' (every registered method),
+    'core' (the design's seven), 'baselines', 'peft'. A set keeps the methods that run on backbones
+    of ``family`` (when given); a name is checked to exist."""
+    chosen = []
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise UserError(f"--methods is empty; use {', '.join(METHOD_SETS)} or names from: "
+                        + ", ".join(methods.names()))
+    for token in tokens:
+        if token in METHOD_SETS:
+            chosen += [m for m in methods.group(token) if family is None or methods.supports(m, family)]
+            continue
+        try:
+            methods.get(token)
+        except ValueError as exc:
+            raise UserError(f"{exc}; or a set: {', '.join(METHOD_SETS)}") from None
+        chosen.append(token)
+    return list(dict.fromkeys(chosen))
+
+
+def parse_value(text: str):
+    """A --hparam value as the hyperparameter takes it: an int, else a float, else the string;
+    the method's own check then says whether that hyperparameter takes it (``lora.alpha=0.5``
+    is a float although alpha's default is the int 8; ``lora.rank=0.5`` is refused by rank's
+    check, not by the type of its default)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
+    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, each value checked by its method."""
+    fixed: dict[str, dict] = {}
+    for item in items:
+        target, eq, text = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not (eq and dot and name):
+            raise UserError(f"--hparam takes METHOD.NAME=VALUE, got {item!r}")
+        if method not in method_names:
+            raise UserError(f"--hparam {item!r}: method {method!r} is not among --methods "
+                            f"({', '.join(method_names)})")
+        fixed.setdefault(method, {})[name] = parse_value(text)
+    for method, hp in fixed.items():
+        try:
+            methods.get(method).resolve(**hp)
+        except ValueError as exc:
+            raise UserError(f"--hparam: {exc}") from None
+    return fixed
+
+
+def positive(value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{what} must be >= 1, got {value}")
+
+
+def writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder {path} is not writable: {exc.strerror or exc}") from None
+    return path.resolve()
+
+
+def check_methods_run_on(name: str, method_names: list[str]) -> backbones.Backbone:
+    """The backbone ``name`` if every chosen method runs on its family; else one ``UserError``
+    line (before anything is built or written). `bench run`, `tune` and `perf` ask it."""
+    spec = backbones.get(name)
+    for method in method_names:
+        if not methods.supports(method, spec.family):
+            why = methods.get(method).unsupported_why
+            raise UserError(f"method {method} does not run on {name} ({spec.family} family)"
+                            f"{': ' + why if why else ''}; drop it from --methods")
+    return spec
+
+
+def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbones.Backbone:
+    """The backbone ``name`` if the suite's images fit it and every chosen method runs on its
+    family; else one ``UserError`` line (before anything is built or written)."""
+    spec = check_methods_run_on(name, method_names)
+    size = int(suite.recipe["image_size"])
+    if size != spec.image_size:
+        raise UserError(f"backbone {name} runs on {spec.image_size}px images; suite {suite.name}'s are {size}px")
+    return spec
+
+
+def check_recipe(args: argparse.Namespace, suite: Suite, tasks: list[Task], method_names: list[str]) -> Recipe | None:
+    """--recipe NAME: the recipe, if it has settings for the suite, every chosen method and task;
+    flags that a recipe decides itself (--trials, --batch-size, --hparam) are refused."""
+    name = getattr(args, "recipe", None)
+    if not name:
+        return None
+    recipe = load_recipe(name)
+    for flag, value in (("--trials", args.trials), ("--batch-size", args.batch_size), ("--hparam", args.hparam),
+                        ("--drop-path-rate", getattr(args, "drop_path_rate", None))):
+        if value:
+            raise UserError(f"--recipe {name} sets the hyperparameters and batch size of every fit and runs no "
+                            f"trials: drop {flag}")
+    for method in method_names:
+        for task in tasks:
+            recipe.setting(suite.name, task.name, method)  # UserError: no such suite or method
+    return recipe
+
+
+def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec:
+    """Validate every flag before anything is written."""
+    suite = load_suite(args.suite)
+    tasks = suite.select(args.tasks)
+    backbone = getattr(args, "backbone", None) or suite.backbone  # callers without the flag: the suite's
+    check_backbone(backbone, suite, method_names)
+    for method in method_names:
+        try:
+            methods.get(method).check_available()
+        except ImportError as exc:  # e.g. peft missing or of another series: one line, before anything is written
+            raise UserError(str(exc)) from None
+    for value, what in ((args.trials, "--trials"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
+        positive(value, what)
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    seeds = parse_int_list(args.seeds, "--seeds") or list(suite.recipe["seeds"])
+    if suite.needs_data_root and not args.data_root:
+        raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise UserError(f"--data-root {args.data_root} does not exist or is not a folder")
+    pretrained, random_init = args.pretrained, args.pretrained == tracking.RANDOM_INIT
+    if random_init:
+        pretrained = None  # asked for explicitly: a randomly initialised backbone
+    elif pretrained is None and backbones.get(backbone).default_weights is None:
+        raise UserError(f"suite {suite.name} on {backbone} needs its pretrained weights: pass --pretrained FILE "
+                        "(or --pretrained none to train a randomly initialised backbone on purpose); "
+                        f"{backbone} reads {backbones.get(backbone).weights}")
+    elif pretrained and not Path(pretrained).is_file():
+        raise UserError(f"pretrained weights file not found: {pretrained}")
+    recipe = check_recipe(args, suite, tasks, method_names)
+    drop_path_rate = getattr(args, "drop_path_rate", None) or 0.0
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise UserError(f"--drop-path-rate must be in [0, 1), got {drop_path_rate}")
+    device = resolve_device(args.device)
+    epochs = args.epochs or suite.recipe["epochs"]
+    out = Path(args.out)
+    tracking_uri = args.tracking_uri or tracking.default_tracking_uri(out)
+    if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
+        raise UserError(f"malformed --tracking-uri {tracking_uri!r}; expected e.g. sqlite:///path/mlflow.db "
+                        "or http://host:5000")
+    return RunSpec(
+        suite=suite, tasks=tasks, backbone=backbone, methods=method_names, seeds=seeds,
+        trials=0 if recipe else args.trials or suite.recipe["trials"], epochs=epochs,
+        warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
+        batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
+        pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
+        tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
+        fixed=parse_fixed(args.hparam, method_names), drop_path_rate=drop_path_rate, recipe=recipe,
+        epochs_override=args.epochs if recipe else None)
+
+
+def build_backbone(spec: RunSpec):
+    """The run's backbone: from ``--pretrained FILE``, the demo's committed checkpoint, or
+    randomly initialised when the user asked for it (``--pretrained none``)."""
+    if spec.random_init:
+        return backbones.get(spec.backbone).build(0)
+    return backbones.create_backbone(spec.backbone, spec.pretrained)
+
+
+def weights_file(spec: RunSpec) -> Path | None:
+    """The weights file the backbone was loaded from (None: random initialisation)."""
+    if spec.random_init:
+        return None
+    return Path(spec.pretrained) if spec.pretrained else backbones.get(spec.backbone).default_weights
+
+
+def study_suite(spec: RunSpec) -> str:
+    """The suite part of the run's Optuna study names: the suite's name on its own backbone (the
+    names of every earlier run), ``suite@backbone`` on another, so that a study tuned on one
+    backbone never hands its trials or its best hyperparameters to another."""
+    return spec.suite.name if spec.backbone == spec.suite.backbone else f"{spec.suite.name}@{spec.backbone}"
+
+
+def study_variant(spec: RunSpec, method: str) -> dict:
+    """What sets a study apart from the method's default one: its --hparam values and a
+    --drop-path-rate (hyperparameters tuned without drop-path are not the best with it)."""
+    variant = dict(spec.fixed.get(method, {}))
+    if spec.drop_path_rate:
+        variant["drop_path_rate"] = spec.drop_path_rate
+    if spec.recipe is not None:  # a recipe's final fits have a final-fit study of their own
+        variant["recipe"] = spec.recipe.name
+    return variant
+
+
+def backbone_family(args: argparse.Namespace) -> str:
+    """The family of the backbone a `bench run`/`tune` command asks for (the suite's by default)."""
+    return backbones.get(args.backbone or load_suite(args.suite).backbone).family

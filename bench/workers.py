@@ -1,0 +1,46 @@
+"""`--jobs N`: N local worker processes of the same command, sharing the run's stores; the
+coordination in the Optuna storage divides the work between them (``bench.coordination``)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .errors import UserError
+from .protocol import open_stores
+from .spec import RunSpec, build_backbone, positive
+
+
+def parse_jobs(text: str, device: str, force: bool = False) -> int:
+    """Local workers: one per core on CPU, one on GPU, one with --force (each worker would redo
+    what the others just redid)."""
+    if text == "auto":
+        return (os.cpu_count() or 1) if device == "cpu" and not force else 1
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise UserError(f"--jobs must be 'auto' or a positive integer, got {text!r}") from None
+    positive(jobs, "--jobs")
+    if force and jobs > 1:
+        raise UserError("--force redoes finished work and runs in one worker: drop --jobs or use --jobs 1")
+    return jobs
+
+
+def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
+    """Start ``jobs`` copies of this command, one CPU thread each, sharing the run's stores; the
+    claims divide the work. Many small processes beat one process with many threads on the small
+    demo model (and two processes that each use every core slow each other down many times)."""
+    # check the weights and create the stores once, here, so that the workers never race to
+    # initialise them and a user error shows once
+    build_backbone(spec)
+    open_stores(spec)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "BENCH_WORKER": "1"}
+    cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    return next((c if c > 0 else 1 for c in codes if c), 0)
