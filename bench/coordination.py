@@ -90,8 +90,9 @@ def _trial_id(storage, study: optuna.Study, number: int) -> int:
 
 
 def _heartbeat_interval(storage) -> int | None:
-    enabled = getattr(storage, "is_heartbeat_enabled", None)  # RDBStorage; the journal has none
-    return storage.get_heartbeat_interval() if enabled is not None and enabled() else None
+    """The storage's heartbeat interval; None when it has none (the journal, or an RDB without)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)  # Optuna's BaseHeartbeat, i.e. RDBStorage
+    return interval() if interval is not None else None
 
 
 @contextmanager
