@@ -7,6 +7,7 @@ A head-only model (the linear probe) trains on backbone features computed once p
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 import methods
+from methods.families import set_drop_path  # timm's stochastic depth, by the backbone family's layout
 
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
@@ -144,24 +146,6 @@ def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRSc
                              cycle_limit=10**6 if paper.restart_epochs else 1, t_in_epochs=paper.per_epoch)
 
 
-def set_drop_path(model: nn.Module, rate: float) -> None:
-    """timm's stochastic depth on every block, rising linearly from 0 to ``rate`` at the last
-    block (``torch.linspace(0, rate, depth)``, as timm's models set ``drop_path_rate``), on each
-    residual branch (``drop_path1`` / ``drop_path2``), through any wrapper a method put around a block."""
-    from timm.layers import DropPath
-
-    from methods.families import layout_of
-
-    blocks = layout_of(model).blocks
-    rates = torch.linspace(0, rate, len(blocks)).tolist()
-    for path, r in zip(blocks, rates):
-        for name, _ in list(model.get_submodule(path).named_modules()):
-            leaf = name.rpartition(".")[2]
-            if leaf in ("drop_path1", "drop_path2"):
-                parent = model.get_submodule(f"{path}.{name}".rpartition(".")[0])
-                setattr(parent, leaf, DropPath(r) if r > 0 else nn.Identity())
-
-
 def head_only(model: nn.Module) -> bool:
     """True when only the classifier head trains (linear probe): features can be cached."""
     return methods.count_trainable(model, exclude_head=True) == 0
@@ -252,13 +236,24 @@ def _trainable_state(model: nn.Module) -> dict:
     return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, **progress) -> None:
+@dataclass
+class _Progress:
+    """How far a fit has got: what a checkpoint saves after each epoch and a resume starts from."""
+    epoch: int = -1  # the last finished epoch
+    step: int = 0  # optimizer steps taken
+    history: list[dict] = field(default_factory=list)  # the finished epochs' metrics
+    train_seconds: float = 0.0  # training time (the linear probe's feature extraction included)
+    images: int = 0  # training images seen
+
+
+def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, progress: _Progress) -> None:
     """Trainable tensors, optimizer and RNG states after an epoch; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **progress}, tmp)
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                **dataclasses.asdict(progress)}, tmp)
     tmp.replace(path)
 
 
@@ -286,6 +281,126 @@ def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: to
     return loss.detach()
 
 
+class _LrSteps:
+    """The fit's scheduler (``lr_schedule``), stepped as its schedule says: after every optimizer
+    step (``step_update``), or, for a paper recipe's per-epoch schedule, once as each epoch starts."""
+
+    def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.scheduler = lr_schedule(optimizer, cfg, steps_per_epoch)
+        self.per_epoch = cfg.paper_schedule is not None and cfg.paper_schedule.per_epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.per_epoch:
+            # the official loops (RLRR train_*.py, NOAH supernet_train_prompt.py) call
+            # ``scheduler.step(epoch)`` after epoch ``epoch``: epoch k trains at the lr of k - 1
+            self.scheduler.step(max(epoch - 1, 0))
+
+    def after_step(self, step: int) -> None:
+        """The lr for the step after optimizer step number ``step`` (also where a resume starts)."""
+        if not self.per_epoch:
+            self.scheduler.step_update(step)
+
+
+def _start_measuring(device: str) -> float:
+    """The wall-clock start of a fit; on GPU, its peak memory is counted from here."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter()
+
+
+def _to_device(model: nn.Module, device: str) -> None:
+    model.to(device)
+    if device.startswith("cuda"):
+        model.to(memory_format=torch.channels_last)
+
+
+def _feature_cache(model: nn.Module, train_ds: Dataset, eval_ds: Dataset | None,
+                   cfg: TrainConfig) -> tuple[Dataset, Dataset | None, float]:
+    """The linear probe's splits as backbone features (one backbone pass per split), and the
+    seconds the train split's pass took: counted in the probe's training time (its throughput)."""
+    start = time.perf_counter()
+    train_ds = extract_features(model, train_ds, cfg.batch_size, cfg.device, cfg.workers)
+    extract_seconds = time.perf_counter() - start
+    if eval_ds is not None:
+        eval_ds = extract_features(model, eval_ds, cfg.batch_size, cfg.device, cfg.workers)
+    return train_ds, eval_ds, extract_seconds
+
+
+def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
+    """What each optimizer step calls: the head alone on cached features, else the whole model
+    (compiled with ``cfg.compile``); applies the recipe's stochastic depth and zeroed head first."""
+    step_fn = model.head if features else model
+    if cfg.drop_path_rate:
+        set_drop_path(model, cfg.drop_path_rate)
+    if cfg.zero_head:
+        with torch.no_grad():
+            for p in model.get_classifier().parameters():
+                p.zero_()
+    return torch.compile(step_fn) if cfg.compile else step_fn
+
+
+def _resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator,
+            lr: _LrSteps) -> _Progress | None:
+    """The progress saved in the checkpoint at ``path``, with the trainable tensors, optimizer,
+    RNG states and lr schedule restored to where it was saved; None when there is no checkpoint."""
+    if not path or not Path(path).is_file():
+        return None
+    state = _load_checkpoint(path, model, optimizer, generator)
+    progress = _Progress(**{f.name: state[f.name] for f in dataclasses.fields(_Progress)})
+    lr.after_step(progress.step)
+    return progress
+
+
+def _mean_loss(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> float:
+    """The epoch's mean training loss so far (a host sync); ``Diverged`` when it is not finite."""
+    mean_loss = loss_sum.item() / seen
+    if not math.isfinite(mean_loss):
+        raise Diverged(f"loss is {mean_loss} at epoch {epoch + 1}, step {step}")
+    return mean_loss
+
+
+def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _LrSteps, bar,
+                 progress: _Progress, epoch: int, device: str) -> dict:
+    """Train one epoch; counts it into ``progress`` and returns its metrics: the mean training loss
+    (checked every ``CHECK_EVERY`` steps and at the end), the lr of its last step and the fraction
+    of its time its steps waited for their batches."""
+    lr.start_epoch(epoch)
+    model.train()
+    epoch_start = time.perf_counter()
+    steps_per_epoch = len(loader)
+    loss_sum, seen, data_wait = torch.zeros((), device=device), 0, 0.0
+    ready = time.perf_counter()
+    for i, (x, y) in enumerate(loader, 1):
+        data_wait += time.perf_counter() - ready  # time the step waited for its batch
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+        lr_used = optimizer.param_groups[0]["lr"]
+        loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
+        seen += y.numel()
+        progress.step += 1
+        lr.after_step(progress.step)
+        bar.update(1)
+        if i % CHECK_EVERY == 0 or i == steps_per_epoch:
+            mean_loss = _mean_loss(loss_sum, seen, epoch, progress.step)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+        ready = time.perf_counter()
+    epoch_seconds = time.perf_counter() - epoch_start
+    progress.epoch = epoch
+    progress.train_seconds += epoch_seconds
+    progress.images += seen
+    return {"train_loss": mean_loss, "lr": lr_used,  # the lr of the epoch's last step
+            "data_wait_frac": data_wait / max(epoch_seconds, 1e-9)}
+
+
+def _measured(result: FitResult, progress: _Progress, device: str, wall_start: float) -> FitResult:
+    """``result`` with the fit's training throughput, peak memory and wall time."""
+    result.train_img_per_s = progress.images / max(progress.train_seconds, 1e-9)
+    # on GPU the run's own peak (reset at its start); on CPU a process's peak RSS spans every run it
+    # made, so it says nothing about this one (`bench perf` measures each method in its own process)
+    result.peak_mem_mb = peak_memory_mb(device) if device.startswith("cuda") else None
+    result.wall_s = time.perf_counter() - wall_start
+    return result
+
+
 def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset | None = None,
         eval_every_epoch: bool = False,
         on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
@@ -297,99 +412,36 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     """
     device = cfg.device
     seed_everything(cfg.seed)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    wall_start = time.perf_counter()
-    model.to(device)
-    if device.startswith("cuda"):
-        model.to(memory_format=torch.channels_last)
+    wall_start = _start_measuring(device)
+    _to_device(model, device)
     features = head_only(model)
     extract_seconds = 0.0
     if features:  # linear probe: one backbone pass per split, then train the head alone
-        start = time.perf_counter()
-        train_ds = extract_features(model, train_ds, cfg.batch_size, device, cfg.workers)
-        extract_seconds = time.perf_counter() - start  # counted in its training time (throughput)
-        if eval_ds is not None:
-            eval_ds = extract_features(model, eval_ds, cfg.batch_size, device, cfg.workers)
-    step_fn = model.head if features else model
-    if cfg.drop_path_rate:
-        set_drop_path(model, cfg.drop_path_rate)
-    if cfg.zero_head:
-        with torch.no_grad():
-            for p in model.get_classifier().parameters():
-                p.zero_()
-    if cfg.compile:
-        step_fn = torch.compile(step_fn)
-
+        train_ds, eval_ds, extract_seconds = _feature_cache(model, train_ds, eval_ds, cfg)
+    step_fn = _step_fn(model, cfg, features)
     loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, 0 if features else cfg.workers, device)
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    scheduler = lr_schedule(optimizer, cfg, steps_per_epoch)
-    per_epoch = cfg.paper_schedule is not None and cfg.paper_schedule.per_epoch
-    result = FitResult()
-    train_seconds = extract_seconds
-    images = 0
-    step = 0
-    start_epoch = 0
-    if cfg.checkpoint and Path(cfg.checkpoint).is_file():
-        state = _load_checkpoint(cfg.checkpoint, model, optimizer, loader.generator)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        result.history, train_seconds, images = state["history"], state["train_seconds"], state["images"]
-        if not per_epoch:
-            scheduler.step_update(step)
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.desc or "train", leave=False, disable=None,
-               dynamic_ncols=True)
+    lr = _LrSteps(optimizer, cfg, len(loader))
+    progress = (_resume(cfg.checkpoint, model, optimizer, loader.generator, lr)
+                or _Progress(train_seconds=extract_seconds))
+    result = FitResult(history=progress.history)
+    bar = tqdm(total=cfg.epochs * len(loader), initial=progress.step, desc=cfg.desc or "train", leave=False,
+               disable=None, dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if per_epoch:
-                # the official loops (RLRR train_*.py, NOAH supernet_train_prompt.py) call
-                # ``scheduler.step(epoch)`` after epoch ``epoch``: epoch k trains at the lr of k - 1
-                scheduler.step(max(epoch - 1, 0))
-            model.train()
-            epoch_start = time.perf_counter()
-            loss_sum, seen, data_wait = torch.zeros((), device=device), 0, 0.0
-            ready = time.perf_counter()
-            for i, (x, y) in enumerate(loader, 1):
-                data_wait += time.perf_counter() - ready  # time the step waited for its batch
-                x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
-                lr_used = optimizer.param_groups[0]["lr"]
-                loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
-                seen += y.numel()
-                step += 1
-                if not per_epoch:
-                    scheduler.step_update(step)
-                bar.update(1)
-                if i % CHECK_EVERY == 0 or i == steps_per_epoch:
-                    mean_loss = loss_sum.item() / seen
-                    if not math.isfinite(mean_loss):
-                        raise Diverged(f"loss is {mean_loss} at epoch {epoch + 1}, step {step}")
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
-                ready = time.perf_counter()
-            epoch_seconds = time.perf_counter() - epoch_start
-            train_seconds += epoch_seconds
-            images += seen
-            metrics = {"train_loss": mean_loss, "lr": lr_used,  # the lr of the epoch's last step
-                       "data_wait_frac": data_wait / max(epoch_seconds, 1e-9)}
-            last = epoch == cfg.epochs - 1
-            if eval_ds is not None and (eval_every_epoch or last):
-                acc, ips = evaluate(model, eval_ds, cfg.batch_size, device, cfg.workers, features)
-                metrics["eval_acc"] = acc
-                result.eval_acc, result.eval_img_per_s = acc, ips
-                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{acc:.1f}")
-            result.history.append(metrics)
+        for epoch in range(progress.epoch + 1, cfg.epochs):
+            metrics = _train_epoch(model, step_fn, loader, optimizer, lr, bar, progress, epoch, device)
+            if eval_ds is not None and (eval_every_epoch or epoch == cfg.epochs - 1):
+                result.eval_acc, result.eval_img_per_s = evaluate(model, eval_ds, cfg.batch_size, device,
+                                                                  cfg.workers, features)
+                metrics["eval_acc"] = result.eval_acc
+                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{result.eval_acc:.1f}")
+            progress.history.append(metrics)
             if cfg.checkpoint and epoch < cfg.epochs - 1:
-                _save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, epoch=epoch, step=step,
-                                 history=result.history, train_seconds=train_seconds, images=images)
+                _save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, progress)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     finally:
         bar.close()
     if cfg.checkpoint:
         Path(cfg.checkpoint).unlink(missing_ok=True)
-    result.train_img_per_s = images / max(train_seconds, 1e-9)
-    # on GPU the run's own peak (reset above); on CPU a process's peak RSS spans every run it made,
-    # so it says nothing about this one (`bench perf` measures each method in its own process)
-    result.peak_mem_mb = peak_memory_mb(device) if device.startswith("cuda") else None
-    result.wall_s = time.perf_counter() - wall_start
-    return result
+    return _measured(result, progress, device, wall_start)

@@ -8,8 +8,8 @@ method changes.
 
 Inside every block of every supported family the sub-modules have the same names (timm's):
 ``attn.qkv`` (q, k, v fused in one Linear, three row chunks), ``attn.proj``, ``mlp.fc1``,
-``mlp.fc2``, ``norm1``, ``norm2``, and ``mlp`` as the MLP branch. ``Layout.paths`` joins them with
-each block's path.
+``mlp.fc2``, ``norm1``, ``norm2``, ``mlp`` as the MLP branch, and ``drop_path1`` / ``drop_path2``
+(stochastic depth on the two residual branches). ``Layout.paths`` joins them with each block's path.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
+from timm.layers import DropPath
 
 from ..base import Unsupported, replace_module, swap_modules
 
@@ -30,6 +32,7 @@ MLP = "mlp"
 NORM1, NORM2 = "norm1", "norm2"
 BLOCK_LINEARS = (QKV, ATTN_PROJ, FC1, FC2)
 BLOCK_NORMS = (NORM1, NORM2)
+DROP_PATHS = ("drop_path1", "drop_path2")  # stochastic depth on the attention and the MLP branch
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,29 @@ def layout_of(model: nn.Module) -> Layout:
 def has_bias(module: nn.Module) -> bool:
     """Whether a module (or the module a method wrapped it in) has a bias."""
     return any(name.rpartition(".")[2] == "bias" for name, _ in module.named_parameters())
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """timm's stochastic-depth decay rule: the rate of each of ``depth`` blocks, input to output,
+    rising linearly from 0 to ``rate``. Both families build it so: ViT as
+    ``torch.linspace(0, drop_path_rate, depth)``, Swin as the same linspace over all its blocks
+    (``sum(depths)``) split into the stages (``calculate_drop_path_rates(..., stagewise=True)``),
+    which gives every block its own rate in the same order as ``Layout.blocks``."""
+    return torch.linspace(0, rate, depth, device="cpu").tolist()
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """Give a built model the stochastic depth timm would have built it with at
+    ``drop_path_rate=rate``: each block's ``drop_path1`` / ``drop_path2`` become ``DropPath`` at
+    that block's rate (``drop_path_rates``), or ``Identity`` where it is 0 (as timm does), found
+    through any wrapper a method put around a block."""
+    blocks = layout_of(model).blocks
+    for path, block_rate in zip(blocks, drop_path_rates(rate, len(blocks))):
+        block = model.get_submodule(path)
+        for name, _ in list(block.named_modules()):
+            parent, _, leaf = name.rpartition(".")
+            if leaf in DROP_PATHS:
+                setattr(block.get_submodule(parent), leaf, DropPath(block_rate) if block_rate > 0 else nn.Identity())
 
 
 def wrap(model: nn.Module, paths: list[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
