@@ -114,7 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: every suite with runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p.add_argument("--storage", default=None, metavar="URL|FILE",
+                   help="Optuna storage for the tuning analysis: a URL (sqlite:///..., postgresql://...) or a "
+                        "journal/.db file (default: optuna.db, else optuna.journal, beside a SQLite MLflow store)")
     p.set_defaults(handler="bench.report:main")
+
+    p = sub.add_parser("compare", help="paired comparison of two leaderboard rows: difference, CI, p, verdict")
+    p.add_argument("a", metavar="A", help="a row name as in the leaderboard, e.g. lora or 'vpt (mode=shallow)'")
+    p.add_argument("b", metavar="B", help="the row to compare A with")
+    p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: the one suite with final runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    p.set_defaults(handler="bench.compare:main")
 
     p = sub.add_parser("perf", help="measure speed and memory of every method")
     p.add_argument("--backbone", default="demo", help=f"{BACKBONE_HELP} (default: demo)")

@@ -2,10 +2,17 @@
 
 For each suite it reads the FINISHED runs tagged ``phase=final`` of the experiment
 ``peft-bench/<suite>`` (schema: ``bench/tracking.py``), aggregates them with pandas and writes
-``<out>/<suite>.md`` (GitHub pipe tables via tabulate) and ``<out>/<suite>_params.png``: one
-leaderboard per backbone the suite's runs used.
-The markdown is a function of the MLflow content alone (no timestamps, stable sorting, fixed float
-formats), so the same store renders byte-identical files.
+``<out>/<suite>.md`` (GitHub pipe tables via tabulate): one leaderboard per backbone the suite's
+runs used, each with its statistics section (``bench.stats``, ``bench.stats_report``: 95% CI of
+each mean, average ranks, Friedman, Wilcoxon-Holm pairs, ``<suite>_cd.png``); then the trade-off
+plots (``bench.tradeoff``: ``<suite>_params.png``, ``_throughput.png``, ``_memory.png`` with the
+Pareto front) and the tuning analysis of the Optuna studies (``bench.tuning_analysis``,
+``<suite>_tuning.png``; the storage of ``--storage``, else the one beside a SQLite MLflow store).
+``<suite>_stats.json`` holds the statistics machine-readably: those of the first leaderboard
+(the suite's own backbone when it has runs) at the top level, other backbones' under
+``other_backbones``; rows are named as in their table (without the ‡ mark).
+Everything is a function of the stores' content alone (no timestamps, stable sorting, fixed float
+formats, seeded bootstrap, PNGs without metadata), so the same stores render byte-identical files.
 
 Rules the table follows, beyond the schema:
 - One leaderboard per backbone (the ``backbone`` param of each run; a run that records none, which
@@ -32,10 +39,10 @@ Rules the table follows, beyond the schema:
 """
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +51,8 @@ from tabulate import tabulate
 
 import methods
 
-from . import catalog, tracking
+from . import catalog, stats_report, tracking, tradeoff, tuning_analysis
+from . import stats as st
 from .errors import UserError, first_line
 
 REFERENCE_DIR = catalog.CATALOG_DIR / "reference"
@@ -408,8 +416,10 @@ def missing_notes(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[
 # --------------------------------------------------------------------------- the report
 
 def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[str]], summary: pd.DataFrame,
-                partial: dict[str, str], paper: pd.Series | None, delta: pd.Series | None) -> str:
-    """The leaderboard as a GitHub pipe table, one row per method (variant), sorted by label."""
+                partial: dict[str, str], paper: pd.Series | None, delta: pd.Series | None,
+                suite_stats: st.SuiteStats | None = None) -> str:
+    """The leaderboard as a GitHub pipe table, one row per method (variant), sorted by label.
+    ``suite_stats``: the 95% CI of each mean and the average ranks (``bench.stats``)."""
     labels = summary.index
     mean, std, stale, failed = (cells[field].unstack("task").reindex(index=labels, columns=tasks)
                                 for field in ("mean", "std", "stale", "failed"))
@@ -424,6 +434,10 @@ def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[st
             whole = mean[names].notna().all(axis=1) & (failed[names].fillna(0) == 0).all(axis=1)
             cols[f"{group} mean"] = column(summary[group], 1, "max", eligible=whole)
     cols[f"Mean ({len(tasks)} tasks)"] = column(summary["mean_tasks"], 1, "max", eligible=complete)
+    if suite_stats is not None:
+        ci = pd.Series(suite_stats.mean_ci95, dtype=object).reindex(labels)
+        cols["95% CI"] = ci.map(lambda c: "-" if not isinstance(c, tuple) else f"[{fmt(c[0], 1)}, {fmt(c[1], 1)}]")
+        cols["Avg rank"] = column(pd.Series(suite_stats.average_rank, dtype=float).reindex(labels), 2, "min")
     if groups:
         cols[f"Mean of {len(groups)} group means"] = column(summary["mean_groups"], 1, "max", eligible=complete)
     if paper is not None:
@@ -518,20 +532,39 @@ def by_backbone(suite: catalog.Suite, runs: pd.DataFrame) -> list[tuple[str, pd.
     return [(b, runs[runs["backbone"] == b].reset_index(drop=True)) for b in names]
 
 
-def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str, str],
-                compare: bool) -> tuple[list[str], pd.DataFrame, list[str], int]:
-    """One backbone's leaderboard: (the table and its notes as markdown lines, the per-row
-    summary, the tasks shown, the number of runs counted). ``compare``: whether the published
-    rows were measured on this backbone (the paper column and Δ)."""
+def board_runs(suite: catalog.Suite, all_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One backbone's runs as its leaderboard counts them: (labelled runs, finished runs of the
+    catalog's tasks, the latest finished run per (row, task, seed))."""
     labelled = label_rows(all_runs)
     finished = labelled[~labelled["failed"]]
     known = finished[finished["task"].isin(list(suite.tasks))]
-    runs = latest_per_seed(known)
+    return labelled, known, latest_per_seed(known)
+
+
+@dataclass
+class Board:
+    """One backbone's leaderboard: the table and its notes as markdown lines, the per-row
+    summary, the tasks shown, the number of runs counted, and its statistics."""
+    backbone: str
+    lines: list[str]
+    summary: pd.DataFrame
+    tasks: list[str]
+    n_runs: int
+    stats: st.SuiteStats
+
+
+def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str, str],
+                compare: bool, backbone: str = "") -> Board:
+    """One backbone's leaderboard. ``compare``: whether the published rows were measured on this
+    backbone (the paper column and Δ)."""
+    labelled, known, runs = board_runs(suite, all_runs)
+    finished = labelled[~labelled["failed"]]
     lost = failed_seeds(labelled[labelled["failed"] & labelled["task"].isin(list(suite.tasks))], runs)
     cells = cell_stats(runs, commit[0], lost)
     tasks = shown_tasks(suite, cells)
     groups = task_groups(suite, tasks)
     summary = summarize(runs, cells, tasks, groups)
+    suite_stats = st.analyse(runs, tasks)
     partial = missing_notes(cells, tasks, groups)
     reference = load_reference(suite.name) if compare else None
     paper = delta = ref_rows = None
@@ -539,57 +572,127 @@ def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str,
     if reference is not None:
         ref_rows = reference_rows(runs, reference)
         paper, delta, delta_notes = paper_and_delta(summary, cells, ref_rows, reference, list(suite.tasks))
-    lines = [build_table(cells, tasks, groups, summary, partial, paper, delta), ""]
+    lines = [build_table(cells, tasks, groups, summary, partial, paper, delta, suite_stats), ""]
     lines += [f"- {n}" for n in notes(suite, runs, tasks, groups, commit, ref_rows, reference)]
+    lines += [f"- {n}" for n in stats_notes(tasks)]
     lines += [f"- {n}" for n in list(partial.values()) + failed_notes(lost) + delta_notes]
     lines += _ignored_notes(finished, known, runs)
-    return lines, summary, tasks, len(runs)
+    return Board(backbone, lines, summary, tasks, len(runs), suite_stats)
 
 
-def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
-                    commit: tuple[str, str] | None = None) -> tuple[str, pd.DataFrame]:
-    """The whole ``<suite>.md`` text, and the per-row summary the plot draws (with several
-    backbones, rows of a backbone other than the suite's labelled ``method [backbone]``).
-    ``commit``: (the current commit, where it comes from); by default the checkout's
-    (``checkout_commit``)."""
+def stats_notes(tasks: list[str]) -> list[str]:
+    """What the 95% CI and Avg rank columns are."""
+    return [f"95% CI: of Mean ({len(tasks)} tasks), from a percentile bootstrap over each cell's seeds "
+            f"({st.N_BOOT} resamples, fixed seed): the spread the seeds leave on the mean of these tasks. A "
+            f"cell with one seed adds none, so a row of single seeds shows its mean twice.",
+            "Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every "
+            "task, averaged over the tasks; '-' for a row that misses a task (see the statistics section)."]
+
+
+def row_name(label: str, backbone: str, suite: catalog.Suite, several: bool) -> str:
+    """A row's name outside its own leaderboard (plots, `bench compare`): with several backbones,
+    rows of a backbone other than the suite's carry it: ``lora [vit_large_patch16_224]``."""
+    return f"{label} [{backbone}]" if several and backbone != suite.backbone else label
+
+
+@dataclass
+class Rendered:
+    """A suite's report: the markdown, the JSON and the PNGs by file name (in reading order)."""
+    text: str
+    summary: pd.DataFrame
+    stats_json: dict
+    pngs: dict[str, bytes]
+
+
+def cd_name(suite: catalog.Suite, backbone: str, first: bool) -> str:
+    return f"{suite.name}_cd.png" if first else f"{suite.name}_cd_{backbone}.png"
+
+
+def board_stats(board: Board, suite: catalog.Suite, first: bool, level: str,
+                pngs: dict[str, bytes]) -> list[str]:
+    """The statistics section of one board; its CD diagram goes into ``pngs``."""
+    name = None
+    if board.stats.pairs:
+        name = cd_name(suite, board.backbone, first)
+        title = suite.title if first else f"{suite.title} on {board.backbone}"
+        pngs[name] = stats_report.cd_png(board.stats, title)
+    return stats_report.section(board.stats, name, level)
+
+
+def stats_json(suite: catalog.Suite, boards: list[Board]) -> dict:
+    """``<suite>_stats.json``: the statistics of the first leaderboard (the suite's own backbone when
+    it has runs) at the top level, those of other backbones under ``other_backbones``."""
+    first, *others = boards
+    out = {"suite": suite.name, "backbone": first.backbone, **st.to_json(first.stats)}
+    if others:
+        out["other_backbones"] = {b.backbone: st.to_json(b.stats) for b in others}
+    return out
+
+
+def render(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str, str] | None = None,
+           tuning: tuple[list, str] | None = None) -> Rendered:
+    """The whole report of a suite. ``commit``: (the current commit, where it comes from); by
+    default the checkout's (``checkout_commit``). ``tuning``: (the suite's tuning studies, where
+    they were read) from ``bench.tuning_analysis.collect``, or (None, why there are none)."""
     commit = commit or checkout_commit(all_runs[~all_runs["failed"]])
     reference = load_reference(suite.name)
-    boards = [(backbone, *leaderboard(suite, runs, commit, backbone == suite.backbone))
+    boards = [leaderboard(suite, runs, commit, backbone == suite.backbone, backbone)
               for backbone, runs in by_backbone(suite, all_runs)]
+    several = len(boards) > 1
+    pngs: dict[str, bytes] = {}
     lines = [f"# {suite.title} leaderboard", ""]
-    if len(boards) == 1:
-        (backbone, body, summary, tasks, n_runs), = boards
-        lines += [f"Rendered by `bench report` from {n_runs} finished final runs on backbone `{backbone}` in "
-                  f"the MLflow experiment `{tracking.experiment_name(suite.name)}` ({summary.shape[0]} rows, "
-                  f"{len(tasks)} tasks). Current commit: {commit[0]}.", "", *body]
-        if reference is not None and backbone != suite.backbone:
-            lines.append(f"- {_not_compared(suite, backbone)}")
-        summaries = [summary]
+    if not several:
+        b, = boards
+        lines += [f"Rendered by `bench report` from {b.n_runs} finished final runs on backbone `{b.backbone}` in "
+                  f"the MLflow experiment `{tracking.experiment_name(suite.name)}` ({b.summary.shape[0]} rows, "
+                  f"{len(b.tasks)} tasks). Current commit: {commit[0]}.", "", *b.lines]
+        if reference is not None and b.backbone != suite.backbone:
+            lines.append(f"- {_not_compared(suite, b.backbone)}")
+        lines += ["", *board_stats(b, suite, True, "##", pngs)]
     else:
-        lines += [f"Rendered by `bench report` from {sum(b[4] for b in boards)} finished final runs in the "
+        lines += [f"Rendered by `bench report` from {sum(b.n_runs for b in boards)} finished final runs in the "
                   f"MLflow experiment `{tracking.experiment_name(suite.name)}` on {len(boards)} backbones: one "
                   f"leaderboard per backbone (rows, means and bold marks never mix backbones). Current commit: "
                   f"{commit[0]}.", ""]
-        summaries = []
-        for backbone, body, summary, tasks, n_runs in boards:
-            own = backbone == suite.backbone
-            lines += [f"## Backbone `{backbone}`" + (" (the published rows' backbone)" if own else ""), "",
-                      f"{n_runs} finished final runs ({summary.shape[0]} rows, {len(tasks)} tasks).", "", *body]
+        for i, b in enumerate(boards):
+            own = b.backbone == suite.backbone
+            lines += [f"## Backbone `{b.backbone}`" + (" (the published rows' backbone)" if own else ""), "",
+                      f"{b.n_runs} finished final runs ({b.summary.shape[0]} rows, {len(b.tasks)} tasks).", "",
+                      *b.lines]
             if reference is not None and not own:
-                lines.append(f"- {_not_compared(suite, backbone)}")
-            lines.append("")
-            summaries.append(summary if own else summary.rename(index=lambda label: f"{label} [{backbone}]"))
-        summary = pd.concat(summaries)
-    lines += ["", f"![Mean accuracy vs trainable parameters]({suite.name}_params.png)", ""]
+                lines.append(f"- {_not_compared(suite, b.backbone)}")
+            lines += ["", *board_stats(b, suite, i == 0, "###", pngs), ""]
+    summary = pd.concat([b.summary.assign(backbone=b.backbone)
+                         .rename(index=lambda label, b=b: row_name(label, b.backbone, suite, several))
+                         for b in boards])
+    trade_lines, trade_pngs = tradeoff.section(summary, suite.name, suite.title)
+    lines += ["", *trade_lines, ""]
+    pngs.update(trade_pngs)
+    if tuning is not None:
+        results, where = tuning
+        if results is None:
+            lines += ["## Tuning (Optuna)", "", f"Tuning analysis omitted: {where.rstrip('.')}.", ""]
+        else:
+            tune_lines, tune_pngs = tuning_analysis.section(results, where, suite.name, suite.title)
+            lines += ["", *tune_lines, ""]
+            pngs.update(tune_pngs)
     if reference is not None:
-        shown = {t for b in boards for t in b[3]}
+        shown = {t for b in boards for t in b.tasks}
         lines += ["## Published reference", "",
                   f"As transcribed in bench/catalog_data/reference/{suite.name}_reported.csv ('-': not transcribed, "
                   f"never imputed). Rows ending in _star use SSF-style data augmentation: another protocol, "
                   f"never the reference of a run without it.", "",
                   paper_table(reference, [t for t in suite.tasks if t in shown]), ""]
     # one blank line between blocks, however the sections above ended
-    return "\n".join(line for i, line in enumerate(lines) if line or not (i and lines[i - 1] == "")), summary
+    text = "\n".join(line for i, line in enumerate(lines) if line or not (i and lines[i - 1] == ""))
+    return Rendered(text, summary, stats_json(suite, boards), pngs)
+
+
+def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
+                    commit: tuple[str, str] | None = None) -> tuple[str, pd.DataFrame]:
+    """The ``<suite>.md`` text without a tuning section, and the per-row summary the plots draw."""
+    r = render(suite, all_runs, commit)
+    return r.text, r.summary
 
 
 def _not_compared(suite: catalog.Suite, backbone: str) -> str:
@@ -621,34 +724,6 @@ def _ignored_notes(labelled: pd.DataFrame, known: pd.DataFrame, runs: pd.DataFra
     return out
 
 
-def plot_png(summary: pd.DataFrame, title: str) -> bytes:
-    """Mean accuracy vs trainable parameters with heads (log x), one labelled point per row;
-    a row with missing tasks is hollow and labelled ‡, as in the table."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    points = summary.assign(p=summary[tracking.PARAMS_TOTAL] / 1e6)
-    points = points[(points["p"] > 0) & points["mean_tasks"].notna()]
-    for i, (label, row) in enumerate(points.iterrows()):
-        color = f"C{i % 10}"
-        ax.scatter(row["p"], row["mean_tasks"], color=color if row["complete"] else "none", edgecolors=color)
-        ax.annotate(label if row["complete"] else f"{label} {PARTIAL}", (row["p"], row["mean_tasks"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if not points.empty:
-        ax.set_xscale("log")
-    ax.set_xlabel("Trainable parameters with heads (M, log scale)")
-    ax.set_ylabel("Mean test accuracy over tasks (%)")
-    ax.set_title(f"{title}: accuracy vs trainable parameters")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write through a temp file in the same folder and rename: never a half-written report."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -662,28 +737,68 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_report(suite: catalog.Suite, runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Render one suite to ``<out>/<suite>.md`` and ``<out>/<suite>_params.png``."""
-    text, summary = render_markdown(suite, runs)
-    md, png = out / f"{suite.name}.md", out / f"{suite.name}_params.png"
-    write_atomic(png, plot_png(summary, suite.title))
-    write_atomic(md, text.encode("utf-8"))
-    return [md, png]
+def tuning_source(storage: str | None, uri: str, suite: catalog.Suite) -> tuple[list | None, str]:
+    """(the suite's tuning studies, where they were read) for the tuning section, or (None, why
+    there are none). ``storage``: ``--storage`` (missing or unreadable: a UserError); by default
+    the Optuna storage beside a SQLite MLflow store, if there is one (unreadable: the section says
+    so, and the leaderboards are still written)."""
+    explicit = bool(storage)
+    if not explicit:
+        found = tuning_analysis.default_storage(uri)
+        if found is None:
+            return None, ("no Optuna storage found beside the MLflow store (optuna.db or optuna.journal); "
+                          "pass --storage")
+        storage = str(found)
+    where = f"`{Path(storage).name}`" if "://" not in storage else f"the {storage.split('://', 1)[0]} storage"
+    try:
+        try:
+            results, _ = tuning_analysis.collect(tuning_analysis.open_existing(storage), suite)
+        except UserError:
+            raise
+        except Exception as exc:  # optuna and sqlalchemy raise many types for a storage they cannot read
+            raise UserError(f"cannot read Optuna storage {storage}: {first_line(exc)}") from None
+    except UserError as exc:
+        if explicit:
+            raise
+        return None, str(exc)
+    return results, where
+
+
+def write_report(suite: catalog.Suite, runs: pd.DataFrame, out: Path,
+                 tuning: tuple[list | None, str] | None = None) -> list[Path]:
+    """Render one suite to ``<out>/<suite>.md``, ``<out>/<suite>_stats.json`` and its PNGs
+    (``_params``, ``_throughput``, ``_memory`` where recorded, ``_cd`` where tested, ``_tuning``
+    where a storage has studies). The markdown goes last: it never links a PNG not yet written."""
+    import json
+
+    r = render(suite, runs, tuning=tuning)
+    md, js = out / f"{suite.name}.md", out / f"{suite.name}_stats.json"
+    pngs = [out / name for name in r.pngs]
+    for path in pngs:
+        write_atomic(path, r.pngs[path.name])
+    write_atomic(js, (json.dumps(r.stats_json, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+                      + "\n").encode("utf-8"))
+    write_atomic(md, r.text.encode("utf-8"))
+    return [md, js, *pngs]
 
 
 def main(args) -> int:
     """`bench report`: every suite with final runs, or ``--suite``; prints the written paths."""
     uri = args.tracking_uri or tracking.default_tracking_uri()
+    storage = getattr(args, "storage", None)  # `bench run` calls this without one
     if args.suite:
         catalog.load_suite(args.suite)  # an unknown suite fails before the store is touched
     check_store(uri)
+    if storage:
+        tuning_analysis.open_existing(storage)  # a missing storage fails before anything is written
     names = [args.suite] if args.suite else catalog.suite_names()
     written = []
     for name in names:
         runs = final_runs(uri, name)
         if runs.empty or runs["failed"].all():
             continue
-        written += write_report(catalog.load_suite(name), runs, Path(args.out))
+        suite = catalog.load_suite(name)
+        written += write_report(suite, runs, Path(args.out), tuning_source(storage, uri, suite))
     if not written:
         where = f"suite {args.suite}" if args.suite else f"any suite ({', '.join(names)})"
         raise UserError(f"no finished final runs of {where} in MLflow store {uri}")

@@ -61,7 +61,7 @@ def main_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from . import report
 
-        report.main(argparse.Namespace(suite=spec.suite.name, tracking_uri=spec.tracking_uri,
+        report.main(argparse.Namespace(suite=spec.suite.name, tracking_uri=spec.tracking_uri, storage=spec.storage,
                                        out=args.report_dir or str(spec.out), debug=False))
     return 0
 

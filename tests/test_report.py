@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -149,7 +150,10 @@ def bench_report(capsys, *argv):
 def render(capsys, store, tmp_path, suite):
     code, out, err = bench_report(capsys, "--suite", suite, "--tracking-uri", store, "--out", str(tmp_path))
     assert code == 0, err
-    assert out.split() == [str(tmp_path / f"{suite}.md"), str(tmp_path / f"{suite}_params.png")]
+    written = out.split()
+    assert written[:3] == [str(tmp_path / f"{suite}.md"), str(tmp_path / f"{suite}_stats.json"),
+                           str(tmp_path / f"{suite}_params.png")] or str(tmp_path / f"{suite}_cd.png") == written[2]
+    assert all(Path(p).is_file() for p in written)
     return (tmp_path / f"{suite}.md").read_text(encoding="utf-8")
 
 
@@ -159,18 +163,25 @@ def render(capsys, store, tmp_path, suite):
 # full's digits seed 3 FAILED and was never redone: "§" and a note; full's means are not ranked.
 # linear's throughput (a linear probe) is never ranked. vpt shallow (not the default mode) is its own row.
 # Not counted: the superseded 10.0, the FAILED and RUNNING final runs and the trial (all 99.9).
+# Avg rank: full, vpt, vpt (mode=shallow), linear rank 1, 2, 3, 4 on every task (lora misses dist: not
+# compared, "-"); 4 tasks < 5: the tests are omitted, with the reason. 95% CI of full's mean: each 2-seed
+# cell resamples to (x1, mean, x2) with (1/4, 1/2, 1/4); the mean moves by (a + 2b + 2c) / 4 with a, b, c in
+# {-1, 0, 1} (digits ±1, textures and dist ±2, count 0): P(-5/4) = 1/64 < 2.5% < P(<= -1) = 3/64, so the CI is
+# 68.75 ∓ 1.0 = [67.75, 69.75] -> [67.8, 69.8]; a single-seed row's CI is its mean twice.
+# Pareto fronts among ranked rows (full has a failed seed, lora misses a task; linear is never on the
+# throughput front): params linear < vpt (mode=shallow) < vpt; throughput 130 (shallow) then 120 (vpt).
 EXPECTED_TINY = """\
 # Tiny leaderboard
 
 Rendered by `bench report` from 34 finished final runs on backbone `demo` in the MLflow experiment `peft-bench/tiny` (5 rows, 4 tasks). Current commit: abc123.
 
-| Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
-|--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
-| full               | 2       | 91.0 ± 1.4 §   | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | 68.8             | 68.8                    | 1.000                 | 1.025                    | 0.659     | 100.0         | 900             |
-| linear             | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | 53.0                    | **0.000**             | **0.025**                | 0.529     | 400.0         | **300**         |
-| lora ‡             | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | 72.5                    | 0.050                 | 0.070                    | 0.754     | **150.0**     | 700             |
-| vpt                | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | **63.0**         | **63.0**                | 0.020                 | 0.045                    | **0.629** | 120.0         | 800             |
-| vpt (mode=shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
+| Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | 95% CI       | Avg rank   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
+|--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|--------------|------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
+| full               | 2       | 91.0 ± 1.4 §   | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | 68.8             | [67.8, 69.8] | **1.00**   | 68.8                    | 1.000                 | 1.025                    | 0.659     | 100.0         | 900             |
+| linear             | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | [52.6, 53.4] | 4.00       | 53.0                    | **0.000**             | **0.025**                | 0.529     | 400.0         | **300**         |
+| lora ‡             | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | [75.0, 76.3] | -          | 72.5                    | 0.050                 | 0.070                    | 0.754     | **150.0**     | 700             |
+| vpt                | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | **63.0**         | [62.6, 63.4] | 2.00       | **63.0**                | 0.020                 | 0.045                    | **0.629** | 120.0         | 800             |
+| vpt (mode=shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | [61.5, 61.5] | 3.00       | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
 
 - Cells: top-1 test accuracy (%) at the last epoch, mean ± sample std (ddof=1) over seeds; a single seed shows its value alone. Seeds: seeds per cell (a range when the row's cells differ). A (method, task, seed) fitted more than once counts once: its latest run.
 - Mean (4 tasks): mean over the task columns; Natural mean, Structured mean: mean over the group's task columns; Mean of 2 group means: mean of those 2. A method's means are over the tasks it has runs for.
@@ -179,11 +190,36 @@ Rendered by `bench report` from 34 finished final runs on backbone `demo` in the
 - Train img/s: training images per second of training wall time (a linear probe's includes its one pass of feature extraction per split, then trains the head on cached features: not comparable with backpropagating methods, so never ranked); Peak mem (MB): peak memory (GPU only); both averaged over the method's runs.
 - Bold: the best value of each column of ours (highest accuracy, PPT and throughput; lowest params and memory); a mean over fewer tasks (‡) or with failed seeds (§) is not ranked.
 - Rows named 'method (...)' are experiments other than the suite's main one (that of most final runs): what differs is in the brackets (fixed hyperparameters, protocol, weights, data); their runs never join another row's cells.
+- 95% CI: of Mean (4 tasks), from a percentile bootstrap over each cell's seeds (4000 resamples, fixed seed): the spread the seeds leave on the mean of these tasks. A cell with one seed adds none, so a row of single seeds shows its mean twice.
+- Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every task, averaged over the tasks; '-' for a row that misses a task (see the statistics section).
 - ‡ lora: no finished final run for dist; its means are over 3 of 4 tasks.
 - § full/digits: 1 seed(s) failed and not redone: seed 3 (no reason recorded); the cell is over the seeds that finished.
 - Not counted: 1 final run(s) superseded by a later run of the same experiment, method, task and seed.
 
+## Statistics: which differences are real
+
+Not compared (no final run for every task shown): lora.
+
+Compared: 4 rows on the 4 tasks they all have. Avg rank: the mean over tasks of the row's rank on the task (1 = the highest cell; ties share the average rank).
+
+Tests omitted: the compared rows share 4 task(s); tests over tasks need at least 5 (a Wilcoxon test over 4 tasks cannot reach p < 0.125).
+
+## Trade-offs
+
 ![Mean accuracy vs trainable parameters](tiny_params.png)
+
+![Mean accuracy vs training throughput](tiny_throughput.png)
+
+![Mean accuracy vs peak training memory](tiny_memory.png)
+
+- Pareto front, accuracy vs trainable parameters: linear, vpt (mode=shallow), vpt.
+- Pareto front, accuracy vs training throughput: vpt (mode=shallow), vpt.
+- Pareto front, accuracy vs peak training memory: linear, vpt (mode=shallow), vpt.
+- Pareto front: the rows that no other row beats on both axes (a mean at least as high at a cost at least as low, and better in one), cheapest first; ringed in the plots. Only rows with a ranked mean (every task, every seed) can be on it, and a linear probe's throughput (training on cached features) never is. Hollow points (‡) miss tasks.
+
+## Tuning (Optuna)
+
+Tuning analysis omitted: no Optuna storage found beside the MLflow store (optuna.db or optuna.journal); pass --storage.
 """
 
 
@@ -203,7 +239,8 @@ def test_same_store_renders_byte_identical_files(store, tiny, capsys, tmp_path):
 def test_no_half_written_files_left(store, tiny, capsys, tmp_path):
     render(capsys, store, tmp_path, "tiny")
     render(capsys, store, tmp_path, "tiny")  # overwriting goes through a rename as well
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.md", "tiny_params.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.md", "tiny_memory.png", "tiny_params.png",
+                                                          "tiny_stats.json", "tiny_throughput.png"]
 
 
 def test_failed_running_and_trial_runs_are_not_counted(store, tiny, capsys, tmp_path):
@@ -270,8 +307,29 @@ def test_fgvc_hidden_tasks_and_missing_reference_row(store, capsys, tmp_path):
 def test_every_suite_with_final_runs_by_default(store, capsys, tmp_path):
     code, out, err = bench_report(capsys, "--tracking-uri", store, "--out", str(tmp_path))
     assert code == 0, err
+    # per suite: the markdown, the statistics JSON, then the PNGs in the order the markdown shows them
+    # (no CD diagram: neither suite has 2 rows with every task and 5 tasks)
     assert out.split() == [str(tmp_path / name) for name in
-                           ("fgvc.md", "fgvc_params.png", "vtab1k.md", "vtab1k_params.png")]
+                           ("fgvc.md", "fgvc_stats.json", "fgvc_params.png", "fgvc_throughput.png", "fgvc_memory.png",
+                            "vtab1k.md", "vtab1k_stats.json", "vtab1k_params.png", "vtab1k_throughput.png",
+                            "vtab1k_memory.png")]
+
+
+def test_statistics_say_why_they_are_omitted(store, tiny, capsys, tmp_path):
+    """Issue 15: no p-values without 2 rows sharing every task and 5 tasks; the section says why."""
+    import json
+
+    md = render(capsys, store, tmp_path / "vtab", "vtab1k")
+    assert ("Statistics omitted: 1 row(s) have a final run for every one of the 19 tasks; ranks and tests need "
+            "at least 2.") in md
+    assert "Not compared (no final run for every task shown): adapter, lora, rlrr, ssf, vpt (mode=shallow)." in md
+    js = json.loads((tmp_path / "vtab" / "vtab1k_stats.json").read_text())
+    assert js["omitted"].startswith("1 row(s)") and js["friedman_p"] is None and js["pairwise"] == []
+    assert js["average_rank"] == {} and js["rows"] == ["full"] and "rlrr" in js["mean_ci95"]
+    md = render(capsys, store, tmp_path / "tiny", "tiny")
+    assert ("Tests omitted: the compared rows share 4 task(s); tests over tasks need at least 5 (a Wilcoxon "
+            "test over 4 tasks cannot reach p < 0.125).") in md
+    assert "p (Holm)" not in md and "Friedman" not in md and "_cd.png" not in md
 
 
 def test_ppt_matches_v_petl_bench():
@@ -452,6 +510,16 @@ def test_each_backbone_gets_its_own_leaderboard_and_only_the_suites_is_compared(
             "vit_large_patch16_224 are never compared with them.") in large
     assert large_rows["rlrr"]["cifar"] == "**95.0**"  # bold within its own backbone only
     assert md.count("## Published reference") == 1
+    # statistics per backbone: a section under each leaderboard; the JSON keys the others by backbone
+    import json
+
+    assert md.count("### Statistics: which differences are real") == 2
+    js = json.loads((tmp_path / "out" / "vtab1k_stats.json").read_text())
+    assert js["backbone"] == "vit_base_patch16_224" and js["rows"] == ["lora"]
+    assert set(js["other_backbones"]) == {"vit_large_patch16_224"}
+    assert js["other_backbones"]["vit_large_patch16_224"]["average_rank"] == {"rlrr": 1.0, "lora": 2.0}
+    # the trade-off plots name rows of the other backbone as the summary does
+    assert "Pareto front, accuracy vs trainable parameters on `vit_large_patch16_224`: lora [vit_large_patch16_224]" in md
 
 
 def test_a_store_of_another_backbone_only_has_no_paper_column(tmp_path, capsys):

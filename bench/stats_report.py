@@ -1,0 +1,115 @@
+"""The statistics section under a leaderboard (markdown) and its critical-difference diagram
+(PNG), from ``bench.stats.SuiteStats``. Kept apart from the numbers so that ``bench compare`` and
+the JSON use them without any formatting.
+
+The markdown lists the pairs of the best-ranked row with every other row (18 rows make 153 pairs:
+all of them are in ``<suite>_stats.json``) and every other pair that is significant. The diagram
+is scikit-posthocs' ``critical_difference_diagram`` with the Holm-corrected Wilcoxon p-values of
+the table (the test Benavoli et al. 2016 recommend over Nemenyi's), so diagram and table agree.
+"""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from tabulate import tabulate
+
+from . import stats as st
+
+
+def fmt(x: float, decimals: int, sign: bool = False) -> str:
+    if pd.isna(x):
+        return "-"
+    text = f"{x:{'+' if sign else ''}.{decimals}f}"
+    return text if float(text) != 0 else f"{0:.{decimals}f}"
+
+
+def ci_text(ci: tuple[float, float], decimals: int = 1, sign: bool = False) -> str:
+    return f"[{fmt(ci[0], decimals, sign)}, {fmt(ci[1], decimals, sign)}]"
+
+
+def pair_rows(pairs: list[st.Pair]) -> str:
+    rows = [[p.a, p.b, fmt(p.mean_diff, 2, sign=True), ci_text(p.ci95, 2, sign=True), st.fmt_p(p.p),
+             st.fmt_p(p.p_holm), f"{p.wins}/{p.ties}/{p.losses}",
+             "yes" if p.p_holm < st.ALPHA else "no"] for p in pairs]
+    headers = ["A", "B", "Mean diff (A − B)", "95% CI", "p", "p (Holm)", "W/T/L of A", "Significant"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def section(stats: st.SuiteStats, cd_png: str | None, level: str = "##") -> list[str]:
+    """Markdown lines: what is compared, Friedman, the pairwise table, the CD diagram; or one
+    line saying why the tests are omitted."""
+    n, k = len(stats.tasks), len(stats.rows)
+    lines = [f"{level} Statistics: which differences are real", ""]
+    if stats.left_out:
+        lines += [f"Not compared (no final run for every task shown): {', '.join(stats.left_out)}.", ""]
+    if stats.omitted and not stats.average_rank:
+        return lines + [f"Statistics omitted: {stats.omitted}.", ""]
+    lines += [f"Compared: {k} rows on the {n} tasks they all have. Avg rank: the mean over tasks of the row's "
+              f"rank on the task (1 = the highest cell; ties share the average rank).", ""]
+    if stats.omitted:
+        return lines + [f"Tests omitted: {stats.omitted}.", ""]
+    m = len(stats.pairs)
+    if stats.friedman is None:
+        lines.append(f"- Friedman test: not defined for {k} rows; the one Wilcoxon test below is the test.")
+    else:
+        chi2, p = stats.friedman
+        verdict = ("the rows' ranks differ" if p < st.ALPHA
+                   else "no evidence that the rows' ranks differ at all; read the pairs below with that in mind")
+        lines.append(f"- Friedman test over {k} rows × {n} tasks (per-task mean accuracy): χ² = {chi2:.2f}, "
+                     f"p = {st.fmt_p(p)}: {verdict}.")
+    lines.append(f"- Pairs: two-sided Wilcoxon signed-rank test over the {n} tasks on the per-task means (p), "
+                 f"Holm-corrected over all {m} pairs (p (Holm)); significant: p (Holm) < {st.ALPHA}. Mean diff: "
+                 f"mean over tasks of A − B in points, its 95% CI from a bootstrap over tasks and, within each, "
+                 f"seeds. W/T/L: tasks where A's cell is higher / equal / lower at the table's precision.")
+    floor = st.min_wilcoxon_p(n)
+    if floor * m >= st.ALPHA and m > 1:
+        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {st.fmt_p(floor)} (A better on "
+                     f"every task); Holm multiplies the smallest p by {m}, so no pair can be significant here: "
+                     f"more tasks are needed to tell these rows apart, not more seeds.")
+    elif floor >= st.ALPHA:
+        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {st.fmt_p(floor)}: no pair can "
+                     f"be significant at {st.ALPHA}.")
+    significant = [p for p in stats.pairs if p.p_holm < st.ALPHA]
+    best = stats.rows[0]
+    shown = [p for p in stats.pairs if p.a == best] + [p for p in significant if p.a != best]
+    lines.append(f"- {len(significant)} of {m} pairs differ significantly. Below: {best} (the best average rank) "
+                 f"against every other row" + (", then the other significant pairs" if len(shown) > k - 1 else "")
+                 + "; every pair is in the JSON beside this file.")
+    lines += ["", pair_rows(shown), ""]
+    if cd_png:
+        lines += [f"![Critical difference diagram]({cd_png})", "",
+                  "- Critical difference diagram: each row sits at its average rank (1 = best, left). Rows joined "
+                  "by a thick bar are not significantly different (Holm-corrected Wilcoxon, p (Holm) ≥ 0.05); two "
+                  "rows with no bar in common are. A long bar means the tasks cannot separate those rows, whatever "
+                  "their means say.", ""]
+    return lines
+
+
+def cd_png(stats: st.SuiteStats, title: str) -> bytes:
+    """The critical-difference diagram of the compared rows (scikit-posthocs), as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scikit_posthocs import critical_difference_diagram
+
+    ranks = pd.Series(stats.average_rank).loc[stats.rows]
+    k = len(stats.rows)
+    fig = Figure(figsize=(8.0, 1.6 + 0.28 * ((k + 1) // 2 + k // 3)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    drawn = critical_difference_diagram(ranks, st.p_matrix(stats), alpha=st.ALPHA, ax=ax,
+                                        label_fmt_left="{label} ({rank:.2f})",
+                                        label_fmt_right="({rank:.2f}) {label}",
+                                        label_props={"fontsize": 8})
+    for line in [ln for bar in drawn["crossbars"] for ln in bar]:
+        # the library draws each bar through a set of rows: sort its points, so that the order of
+        # a set (the hash seed) never changes a pixel
+        xs, ys = line.get_data()
+        line.set_data(sorted(xs), ys)
+    ax.set_title(f"{title}: average rank over {len(stats.tasks)} tasks (bars: no significant difference)",
+                 fontsize=9, pad=24)
+    # the labels sit outside the axes, where tight_layout does not look: leave them room
+    fig.subplots_adjust(left=0.22, right=0.78, top=1 - 0.75 / fig.get_figheight(), bottom=0.04)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()

@@ -1,0 +1,320 @@
+"""What the Optuna studies say about tuning: per method (variant), how far the recipe-default
+trial is from the tuned best (how much the method depends on tuning), whether the trial budget
+sufficed (best-so-far validation accuracy against the number of trials), and which
+hyperparameters mattered (``optuna.importance``, fANOVA).
+
+Read only: a storage file that is not there is never created (``open_storage``). Studies are
+those of ``bench.tune.study_name``: ``suite.method.task``, ``suite.method[k=v,...].task`` for a
+variant, ``suite@backbone...`` on another backbone; claim studies (``claim:...``) and final-fit
+studies (``.../final``) are not tuning and are skipped. The recipe-default trial is the finished
+trial whose parameters are ``{**COMMON_DEFAULTS, **method defaults, **fixed}`` (what
+``Runner.defaults`` enqueues first); the tuned best is the best COMPLETE trial (highest value,
+ties to the lowest number). Only COMPLETE and PRUNED trials are finished; a pruned trial counts
+as a trial of the budget but has no value.
+
+The best-so-far plot is drawn here rather than with ``optuna.visualization.matplotlib``: that
+draws one study per figure on pyplot's global state, and a suite has one study per (method,
+task): here a method's curve is the mean over its tasks, one figure for the suite.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+import methods
+
+from .errors import UserError, first_line
+
+FANOVA_TREES = 16  # optuna's default is 64: 4x slower, for a mean over tasks that moves little
+FANOVA_SEED = 0
+FEW_TRIALS = 10  # below this many finished trials per study, importances are rough: said so
+
+
+# --------------------------------------------------------------------------- the storage
+
+def default_storage(tracking_uri: str) -> Path | None:
+    """Beside a SQLite MLflow store ``DIR/mlflow.db``: ``DIR/optuna.db``, else ``DIR/optuna.journal``,
+    whichever exists first; None when neither does or the store is not a SQLite file."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0]).parent
+    for name in ("optuna.db", "optuna.journal"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def open_existing(spec: str | Path):
+    """Open a storage that exists, never creating one: a ``sqlite:///`` file or a journal file
+    must be there; a server URL (PostgreSQL, MySQL) is opened without creating tables."""
+    import optuna
+
+    text = str(spec)
+    if "://" not in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"no Optuna storage at {path}")
+        if path.suffix == ".db":
+            text = f"sqlite:///{path.resolve()}"
+        else:
+            from .tune import open_storage
+
+            return open_storage(str(path), path.parent)
+    if text.startswith("sqlite:///"):
+        path = Path(text[len("sqlite:///"):].split("?", 1)[0])
+        if not path.is_file():
+            raise UserError(f"no Optuna storage at {path}")
+    try:
+        return optuna.storages.RDBStorage(text, skip_table_creation=True)
+    except Exception as exc:  # sqlalchemy raises many types for bad URLs, dead servers, other schemas
+        raise UserError(f"cannot read Optuna storage {text}: {first_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------- the studies
+
+@dataclass
+class StudyResult:
+    """One tuning study, reduced to what the section shows."""
+    label: str  # the leaderboard's row name of the method variant ("lora", "lora (rank=4)")
+    method: str
+    task: str
+    finished: int  # COMPLETE + PRUNED trials
+    default: float  # the recipe-default trial's value (NaN: none, or it was pruned)
+    best: float  # the best COMPLETE value (NaN: none)
+    best_at: int  # 1-based position among finished trials where the best was first reached (0: none)
+    curve: list[float] = field(default_factory=list)  # best-so-far after each finished trial
+    importances: dict[str, float] = field(default_factory=dict)
+
+
+NAME = re.compile(r"(?P<prefix>.+)\.(?P<method>[A-Za-z0-9_]+)(?:\[(?P<fixed>[^\[\]]*)\])?")
+
+
+def parse_name(name: str, suite, known_methods: set[str]) -> tuple[str, str, dict[str, str], str] | None:
+    """(method, task, fixed as strings, backbone) of a tuning study of ``suite``, else None."""
+    if name.startswith("claim:") or name.endswith("/final"):
+        return None
+    task = next((t for t in sorted(suite.tasks, key=len, reverse=True) if name.endswith("." + t)), None)
+    if task is None:
+        return None
+    m = NAME.fullmatch(name[:-len(task) - 1])
+    if m is None or m["method"] not in known_methods:
+        return None
+    prefix = m["prefix"]
+    if prefix == suite.name:
+        backbone = suite.backbone
+    elif prefix.startswith(suite.name + "@"):
+        backbone = prefix[len(suite.name) + 1:]
+    else:
+        return None
+    fixed = dict(kv.split("=", 1) for kv in m["fixed"].split(",") if "=" in kv) if m["fixed"] else {}
+    return m["method"], task, fixed, backbone
+
+
+def row_label(method: str, fixed: dict[str, str], backbone: str, suite_backbone: str) -> str:
+    """As the leaderboard names the row: ``lora (rank=4)``, with `` [backbone]`` off the suite's."""
+    label = method + (f" ({', '.join(f'{k}={v}' for k, v in sorted(fixed.items()))})" if fixed else "")
+    return label if backbone == suite_backbone else f"{label} [{backbone}]"
+
+
+def is_default(trial, defaults: dict) -> bool:
+    """Whether a trial ran the recipe defaults: its enqueued values (or, for a trial that was not
+    enqueued, its sampled ones) all equal the defaults. Compared as text: a fixed value comes
+    from the study name."""
+    values = trial.system_attrs.get("fixed_params") or trial.params
+    want = {k: str(v) for k, v in defaults.items()}
+    return bool(values) and all(k in want and str(v) == want[k] for k, v in values.items())
+
+
+def study_result(storage, name: str, label: str, method: str, task: str, defaults: dict,
+                 importances: bool = True) -> StudyResult:
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                    key=lambda t: t.number)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    default = next((t for t in trials if is_default(t, defaults)), None)
+    default_value = float(default.value) if default is not None and default.state == TrialState.COMPLETE else math.nan
+    curve, best, best_at = [], math.nan, 0
+    for i, t in enumerate(trials, start=1):
+        if t.state == TrialState.COMPLETE and (math.isnan(best) or t.value > best):
+            best, best_at = float(t.value), i
+        curve.append(best)
+    result = StudyResult(label, method, task, len(trials), default_value, best, best_at, curve)
+    if importances and len(complete) >= 2:
+        try:
+            evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, seed=FANOVA_SEED)
+            result.importances = {k: float(v) for k, v in
+                                  optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+        except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. no parameter varies
+            result.importances = {}
+    return result
+
+
+def collect(storage, suite, importances: bool = True) -> tuple[list[StudyResult], int]:
+    """The suite's tuning studies (sorted by label, then task) and how many other studies of the
+    storage were skipped."""
+    import optuna
+
+    from .tune import COMMON_DEFAULTS
+
+    known = set(methods.names())
+    names = sorted(optuna.study.get_all_study_names(storage))
+    out, skipped = [], 0
+    for name in names:
+        parsed = parse_name(name, suite, known)
+        if parsed is None:
+            skipped += 1
+            continue
+        method, task, fixed, backbone = parsed
+        defaults = {**COMMON_DEFAULTS, **methods.get(method).defaults, **fixed}
+        label = row_label(method, fixed, backbone, suite.backbone)
+        out.append(study_result(storage, name, label, method, task, defaults, importances))
+    order = {t: i for i, t in enumerate(suite.tasks)}
+    return sorted(out, key=lambda r: (r.label, order[r.task])), skipped
+
+
+# --------------------------------------------------------------------------- per method
+
+def per_method(results: list[StudyResult]) -> pd.DataFrame:
+    """One row per method label: studies, finished trials (min, max), mean default and tuned
+    validation accuracy over the studies that have both, their mean and largest gap, how often
+    the default was the best, the median position of the best, how many studies found their best
+    in the last quarter of their trials, and the mean importance of each hyperparameter."""
+    rows = []
+    for label in sorted({r.label for r in results}):
+        rs = [r for r in results if r.label == label]
+        both = [r for r in rs if not math.isnan(r.default) and not math.isnan(r.best)]
+        gaps = [r.best - r.default for r in both]
+        found = [r for r in rs if r.best_at]
+        late = sum(1 for r in found if r.best_at > 0.75 * r.finished)
+        keys = sorted({k for r in rs for k in r.importances})
+        with_imp = [r for r in rs if r.importances]
+        imp = {k: float(np.mean([r.importances.get(k, 0.0) for r in with_imp])) for k in keys} if with_imp else {}
+        rows.append({"label": label, "studies": len(rs),
+                     "trials_min": min(r.finished for r in rs), "trials_max": max(r.finished for r in rs),
+                     "with_default": len(both),
+                     "default": float(np.mean([r.default for r in both])) if both else math.nan,
+                     "tuned": float(np.mean([r.best for r in both])) if both else math.nan,
+                     "gap": float(np.mean(gaps)) if gaps else math.nan,
+                     "max_gap": float(np.max(gaps)) if gaps else math.nan,
+                     "default_best": sum(1 for g in gaps if g <= 0),
+                     "best_at_median": float(np.median([r.best_at for r in found])) if found else math.nan,
+                     "with_best": len(found), "late": late,
+                     "importance_studies": len(with_imp), "importances": imp})
+    return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame()
+
+
+def shortfall_curves(results: list[StudyResult]) -> dict[str, np.ndarray]:
+    """Per method label: mean over its studies of (best-so-far - the study's final best) after
+    trial 1, 2, ...; a study with fewer trials holds its final value. 0 = the budget's best."""
+    out = {}
+    for label in sorted({r.label for r in results}):
+        curves = [r.curve for r in results if r.label == label and r.best_at]
+        if not curves:
+            continue
+        n = max(len(c) for c in curves)
+        padded = np.array([[(c[min(i, len(c) - 1)] - c[-1]) for i in range(n)] for c in curves], dtype=float)
+        with warnings.catch_warnings():  # a trial index before any study's first complete trial: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[label] = np.nanmean(padded, axis=0)
+    return out
+
+
+def _f(x: float, decimals: int = 1, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    text = f"{x:{'+' if sign else ''}.{decimals}f}"
+    return text if float(text) != 0 else f"{0:.{decimals}f}"
+
+
+def tuning_table(table: pd.DataFrame) -> str:
+    rows = []
+    for label, r in table.iterrows():
+        trials = f"{r.trials_min}" if r.trials_min == r.trials_max else f"{r.trials_min}–{r.trials_max}"
+        rows.append([label, str(r.studies), trials, _f(r.default), _f(r.tuned), _f(r.gap, sign=True),
+                     _f(r.max_gap, sign=True), f"{r.default_best}/{r.with_default}",
+                     _f(r.best_at_median), f"{r.late}/{r.with_best}"])
+    headers = ["Method", "Studies", "Trials", "Default (val)", "Tuned (val)", "Gap", "Largest gap",
+               "Default was best", "Best at trial (median)", "Best in last quarter"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def importance_table(table: pd.DataFrame) -> str:
+    rows = []
+    for label, r in table.iterrows():
+        ordered = sorted(r.importances.items(), key=lambda kv: (-round(kv[1], 6), kv[0]))
+        rows.append([label, str(r.importance_studies), ", ".join(f"{k} {v:.2f}" for k, v in ordered) or "-"])
+    return tabulate(rows, headers=["Method", "Studies", "Importance (fANOVA, mean over studies)"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def plot_png(table: pd.DataFrame, curves: dict[str, np.ndarray], title: str) -> bytes:
+    """Left: mean best-so-far shortfall against trials, one line per method. Right: the mean
+    default-to-tuned gap per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    styles = ("-", "--", ":", "-.")
+    for i, (label, curve) in enumerate(curves.items()):
+        left.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=3, color=f"C{i % 10}",
+                  linestyle=styles[(i // 10) % len(styles)], label=label)
+    left.set_xlabel("Finished trials")
+    left.set_ylabel("Best-so-far val acc minus the study's best (points)")
+    left.set_title("Does the budget suffice? (mean over tasks)", fontsize=10)
+    left.grid(True, alpha=0.3)
+    if curves:
+        left.legend(fontsize=7, ncol=2, loc="lower right")
+        left.xaxis.get_major_locator().set_params(integer=True)
+    gaps = table["gap"].dropna().sort_values(kind="stable") if not table.empty else pd.Series(dtype=float)
+    right.barh(list(gaps.index), gaps.to_numpy(), color="C0")
+    right.set_xlabel("Tuned best minus recipe default (val acc, points)")
+    right.set_title("How much tuning adds (mean over tasks)", fontsize=10)
+    right.tick_params(axis="y", labelsize=7)
+    right.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: tuning", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def section(results: list[StudyResult], where: str, suite_name: str, title: str,
+            level: str = "##") -> tuple[list[str], dict[str, bytes]]:
+    """The tuning section's markdown lines and its PNG (``<suite>_tuning.png``)."""
+    lines = [f"{level} Tuning (Optuna)", ""]
+    if not results:
+        return lines + [f"Tuning analysis omitted: {where} holds no tuning study of this suite.", ""], {}
+    table = per_method(results)
+    name = f"{suite_name}_tuning.png"
+    png = plot_png(table, shortfall_curves(results), title)
+    few = table["trials_max"].max() < FEW_TRIALS
+    lines += [f"From {len(results)} studies in {where}: validation accuracy (%) on the tuning split, not the "
+              f"test accuracy of the leaderboard.", "", tuning_table(table), "",
+              "- Default (val): the recipe-default trial (common defaults, the method's defaults, fixed values: the "
+              "first trial of every study); Tuned (val): the study's best complete trial; both averaged over the "
+              "studies that have both (a pruned default trial has no value). Gap: tuned minus default, mean and "
+              "largest over those studies: how much the method depends on tuning. Default was best: studies where "
+              "no trial beat the defaults.",
+              "- Best at trial: the median over studies of the finished trial (1 = first) at which the study's best "
+              "was reached; Best in last quarter: studies whose best came in the last 25% of their trials. Many of "
+              "those, or a curve still rising at the last trial, say the budget did not suffice.", "",
+              f"![Tuning: best-so-far and default-to-tuned gap]({name})", "",
+              importance_table(table), "",
+              f"- Importance: optuna.importance's fANOVA ({FANOVA_TREES} trees, seed {FANOVA_SEED}) per study, "
+              f"normalised to sum 1, then averaged over the method's studies with at least 2 complete trials."
+              + (f" With at most {table['trials_max'].max()} finished trials per study (under {FEW_TRIALS}), these "
+                 f"are rough: a forest fitted to a handful of points." if few else ""), ""]
+    return lines, {name: png}
