@@ -142,3 +142,40 @@ def test_no_check_lists_all_studies(storage, monkeypatch):
     with coordination.lease(storage, queue.study, trial):
         queue.study.tell(trial, 1.0)
     assert not queue.running() and reap_dead(storage, study) == 0
+
+
+def _take_all(out, queue) -> None:
+    """A worker process: take waiting fits until none waits; report their keys (or the error)."""
+    try:
+        storage = open_storage(None, out)
+        study, created = open_study(storage, "s/final", seed=0)
+        fits, keys = FinalFits(storage, study, created), []
+        while (trial := fits.pop()) is not None:
+            keys.append(trial.user_attrs["run_key"])
+            study.tell(trial, 1.0)  # "Cannot tell a COMPLETE trial" if another worker had it too
+        queue.put(keys)
+    except Exception as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_taking_waiting_fits_together_each_get_their_own(tmp_path):
+    """Six processes take 100 waiting fits from one SQLite study at once. Without BEGIN IMMEDIATE
+    (``tune.serialize_sqlite``) SQLite handed one waiting trial to two workers (Optuna's
+    read-then-write of its state is not atomic there); this failed on every try."""
+    import multiprocessing as mp
+
+    storage = open_storage(None, tmp_path)
+    study, _ = open_study(storage, "s/final", seed=0)
+    for i in range(100):
+        study.enqueue_trial({}, user_attrs={"run_key": f"k{i}", "seed": i, "params": {}, "source": "x"})
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_take_all, args=(tmp_path, queue)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join()
+    assert not [r for r in results if isinstance(r, str)], results
+    keys = [k for r in results for k in r]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(100))  # every fit once, none twice
