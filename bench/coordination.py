@@ -197,16 +197,19 @@ class FinalFits:
     def ensure_queued(self, fits: dict[str, dict], finished: Callable[[str], bool], wait_s: float = 30.0) -> None:
         """Enqueue each fit (``run_key -> user attributes``) that is neither waiting nor running
         here nor ``finished`` in the tracking store (MLflow is the record of what is done).
-        The worker that created the study enqueues at once; another first waits up to ``wait_s``
-        for the creator's queue to appear, then fills gaps (a creator that died; new run keys
-        after a longer tuning budget). A gap filled twice is resolved by ``pop``."""
+        The worker that created the study enqueues at once and then marks the study ``queued``;
+        another first waits up to ``wait_s`` for that mark, then fills gaps (a creator that died
+        before marking; new run keys after a longer tuning budget). A gap filled twice is resolved
+        by ``pop``."""
         deadline = time.monotonic() + (0 if self.created else wait_s)
-        while not self.study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        while not self.study.user_attrs.get("queued") and time.monotonic() < deadline:
             time.sleep(0.5)
         live = {t.user_attrs.get("run_key") for t in self.study.get_trials(deepcopy=False, states=LIVE)}
         for key, attrs in fits.items():
             if key not in live and not finished(key):
                 self.study.enqueue_trial({}, user_attrs={**attrs, "run_key": key})
+        if self.created:
+            self.study.set_user_attr("queued", True)
 
     def running(self) -> bool:
         """Whether a fit of this study still waits or runs (here or on another worker)."""
