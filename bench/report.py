@@ -54,6 +54,7 @@ import methods
 from . import catalog, stats_report, tracking, tradeoff, tuning_analysis
 from . import stats as st
 from .errors import UserError, first_line
+from .stats import fmt
 
 REFERENCE_DIR = catalog.CATALOG_DIR / "reference"
 STALE = "†"
@@ -356,14 +357,6 @@ def paper_table(reference: pd.DataFrame, tasks: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- formatting
-
-def fmt(value: float, decimals: int, sign: bool = False) -> str:
-    """Fixed decimals, '-' for missing, never '-0.0'."""
-    if pd.isna(value):
-        return "-"
-    text = f"{value:{'+' if sign else ''}.{decimals}f}"
-    return text if float(text) != 0 else f"{0:.{decimals}f}"
-
 
 def column(values: pd.Series, decimals: int, best: str | None, std: pd.Series | None = None,
            marks: dict[str, pd.Series] | None = None, sign: bool = False,

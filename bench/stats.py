@@ -238,6 +238,14 @@ def analyse(runs: pd.DataFrame, tasks: list[str], n_boot: int = N_BOOT) -> Suite
     return stats
 
 
+def fmt(value: float, decimals: int, sign: bool = False) -> str:
+    """Numbers as the reports print them: fixed decimals, '-' for missing, never '-0.0'."""
+    if pd.isna(value):
+        return "-"
+    text = f"{value:{'+' if sign else ''}.{decimals}f}"
+    return text if float(text) != 0 else f"{0:.{decimals}f}"
+
+
 def fmt_p(p: float) -> str:
     """p-values as printed: 3 decimals, or 2 significant digits below 0.001."""
     if np.isnan(p):

@@ -15,13 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import stats as st
-
-
-def fmt(x: float, decimals: int, sign: bool = False) -> str:
-    if pd.isna(x):
-        return "-"
-    text = f"{x:{'+' if sign else ''}.{decimals}f}"
-    return text if float(text) != 0 else f"{0:.{decimals}f}"
+from .stats import fmt
 
 
 def ci_text(ci: tuple[float, float], decimals: int = 1, sign: bool = False) -> str:
