@@ -72,7 +72,7 @@ class Runner:
             **tracking.package_versions(),
         }
         self._data_hashes: dict[str, str] = {}
-        self._force_done: set[str] = set()
+        self._studies: dict[str, optuna.Study | FinalFits] = {}  # opened once per process
         self._augment: dict[str, bool] = {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -130,10 +130,11 @@ class Runner:
                 "group": task.group, "seed": seed, "git_commit": self.provenance["git_commit"],
                 "owner": owner_id(), tracking.EXPERIMENT_TAG: json.dumps(self.experiment(method), sort_keys=True)}
 
-    def _reap(self, tags: dict) -> None:
-        """Mark FAILED the RUNNING runs matching ``tags`` whose worker process is gone."""
+    def _reap(self, tags: dict, alive=owner_alive) -> None:
+        """Mark FAILED the RUNNING runs matching ``tags`` whose worker is gone (``alive(owner)``
+        False: by default a process of this host that no longer exists)."""
         for run in tracking.find_runs(self.client, self.exp_id, tags, statuses=("RUNNING",)):
-            if not owner_alive(run.data.tags.get("owner", "")):
+            if not alive(run.data.tags.get("owner", "")):
                 self.client.set_tag(run.info.run_id, "failure_reason", "worker died (found RUNNING on restart)")
                 self.client.set_terminated(run.info.run_id, "FAILED")
 
@@ -163,20 +164,18 @@ class Runner:
         return study_name(study_suite(self.spec), method, task.name, study_variant(self.spec, method))
 
     def _study(self, method: str, task: Task) -> optuna.Study:
-        """The tuning study; the worker that creates it enqueues the recipe-default trial (trial 0)."""
+        """The tuning study, opened once per process (--force restarts it on that first open, not
+        again when the second pass comes back to it); the worker that creates it enqueues the
+        recipe-default trial (trial 0)."""
         name = self._study_name(method, task)
-        seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        study, created = open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
-                                    force=self.spec.force and not self._forced(name))
-        if created and self.spec.trials:
-            study.enqueue_trial(self.defaults(method), user_attrs={"recipe_default": True})
-        return study
-
-    def _forced(self, name: str) -> bool:
-        """--force restarts a study once per process, not again when the second pass reopens it."""
-        done = name in self._force_done
-        self._force_done.add(name)
-        return done
+        if name not in self._studies:
+            seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+            study, created = open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
+                                        force=self.spec.force)
+            if created and self.spec.trials:
+                study.enqueue_trial(self.defaults(method), user_attrs={"recipe_default": True})
+            self._studies[name] = study
+        return self._studies[name]
 
     def tune(self, method: str, task: Task) -> None:
         """Run trials of the study's budget until every one is taken (other workers run the rest)."""
@@ -299,9 +298,12 @@ class Runner:
         return self._drain(method, task, queue, setting)
 
     def _final_fits(self, method: str, task: Task) -> FinalFits:
+        """The final-fit study of (method, task), opened once per process like ``_study``."""
         name = final_study_name(self._study_name(method, task))
-        study, created = open_study(self.storage, name, seed=0, force=self.spec.force and not self._forced(name))
-        return FinalFits(self.storage, study, created)
+        if name not in self._studies:
+            self._studies[name] = FinalFits(self.storage, *open_study(self.storage, name, seed=0,
+                                                                      force=self.spec.force))
+        return self._studies[name]
 
     def _drain(self, method: str, task: Task, queue: FinalFits, setting: Setting | None) -> list[float]:
         """Run the fits of ``queue`` that wait, until none does; their test accuracies."""
@@ -348,10 +350,8 @@ class Runner:
         if done:
             trial.set_user_attr("mlflow_run_id", done[0].info.run_id)
             return done[0].data.metrics[tracking.TEST_ACC], False
-        for run in tracking.find_runs(self.client, self.exp_id, {"run_key": key}, statuses=("RUNNING",)):
-            # this worker holds the fit's trial, so a RUNNING run of it is a dead worker's
-            self.client.set_tag(run.info.run_id, "failure_reason", "worker died (found RUNNING on restart)")
-            self.client.set_terminated(run.info.run_id, "FAILED")
+        # this worker holds the fit's trial, so a RUNNING run of it is a dead worker's, on any host
+        self._reap({"run_key": key}, alive=lambda owner: False)
         common, specific = self._split_params(params)
         self.guard.phase = "final"
         try:
