@@ -1,3 +1,12 @@
 """peft-bench: fair, reproducible comparison of PEFT methods for Vision Transformers."""
 
+import os
+
 __version__ = "0.1.0"
+
+# No network traffic unless the user points a command at a server (--tracking-uri http://...,
+# --storage postgresql://...). MLflow 3 sends usage telemetry (and resolves its host) from every
+# process unless MLFLOW_DISABLE_TELEMETRY is set (or it detects CI); it reads the switch when it is
+# imported, and every bench module imports mlflow after this package. A user's own setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # the same for huggingface_hub (under peft)

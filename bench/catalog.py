@@ -46,6 +46,10 @@ class Suite:
     recipe: dict
     transform: dict
     tasks: dict[str, Task]
+    # the weights file the published rows were measured with, and its known SHA-256 digests: only
+    # runs on those weights get the paper column and Δ (``bench.report``)
+    paper_weights: str = ""
+    paper_weights_sha256: tuple[str, ...] = ()
 
     def task(self, name: str) -> Task:
         if name not in self.tasks:
@@ -57,7 +61,9 @@ class Suite:
         if not names:
             return list(self.tasks.values())
         if isinstance(names, str):
-            names = [n.strip() for n in names.split(",") if n.strip()]
+            text, names = names, [n.strip() for n in names.split(",") if n.strip()]
+            if not names:  # ",,": no task named, not every task and not none
+                raise UserError(f"--tasks {text!r} names no task; give names from: {', '.join(self.tasks)}")
         wanted = {self.task(n).name for n in names}
         return [t for t in self.tasks.values() if t.name in wanted]
 
@@ -95,4 +101,6 @@ def load_suite(name: str) -> Suite:
         recipe=dict(raw["recipe"]),
         transform=dict(raw.get("transform", {})),
         tasks=tasks,
+        paper_weights=raw.get("paper_weights", ""),
+        paper_weights_sha256=tuple(raw.get("paper_weights_sha256", ())),
     )

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="the row to compare A with")
     p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: the one suite with final runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    p.add_argument("--planned", action="store_true",
+                   help="this one comparison was chosen before seeing the results: judge it by its own p (default: "
+                        "p (Holm), corrected over the leaderboard's pairs, the same as the report's)")
     p.set_defaults(handler="bench.compare:main")
 
     p = sub.add_parser("perf", help="measure speed and memory of every method")

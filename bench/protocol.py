@@ -13,8 +13,6 @@ in Optuna. ``bench.coordination`` says how workers divide the work.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -27,10 +25,12 @@ from . import backbones, tracking
 from .catalog import Task
 from .coordination import FinalFits, TrialBudget, final_study_name, lease, owner_alive, owner_id
 from .recipes import Setting
-from .spec import RunSpec, build_backbone, writable_dir, study_suite, study_variant, weights_file
+from .identity import Cell, Experiment
+from .spec import RunSpec, build_backbone, writable_dir, weights_file
 from .split_guard import SplitGuard
 from .train import Diverged, PaperSchedule, TrainConfig, fit, head_only, seed_everything
-from .tune import COMMON_DEFAULTS, best_params, common_search_space, open_storage, open_study, study_name
+from .tune import (COMMON_DEFAULTS, ROLE_FINAL, best_params, common_search_space, open_storage, open_study, requeue,
+                   sampler_seed, trial_position)
 
 
 def open_stores(spec: RunSpec):
@@ -93,7 +93,7 @@ class Runner:
     def _recipe_config(self, setting: Setting, seed: int, desc: str, checkpoint: str | None) -> TrainConfig:
         """A final fit's training as the recipe's source trained (``bench.recipes``): its lr, weight
         decay, batch, schedule (cosine + cool-down or warm restarts, stepped per epoch), drop-path
-        and zero head."""
+        or residual dropout, and zero head."""
         t = setting.train
         schedule = PaperSchedule(cosine_epochs=t["epochs"], warmup_epochs=t["warmup_epochs"],
                                  warmup_lr=t["warmup_lr"] or 0.0, min_lr=t["min_lr"],
@@ -102,33 +102,33 @@ class Runner:
         return TrainConfig(epochs=setting.epochs_trained, batch_size=t["batch_size"], lr=t["lr"],
                            weight_decay=t["weight_decay"], warmup_epochs=t["warmup_epochs"], seed=seed,
                            device=s.device, workers=s.workers, compile=s.compile, desc=desc, checkpoint=checkpoint,
-                           paper_schedule=schedule, drop_path_rate=t["drop_path_rate"], zero_head=t["zero_head"])
-
-    def _fit_protocol(self, method: str, task: Task) -> dict:
-        """The protocol fields logged with a run (the report reads them): the spec's, or under a
-        recipe the recipe's name and what this (method, task) trains with."""
-        if self.spec.recipe is None:
-            return self.spec.protocol()
-        setting = self.spec.setting(method, task)
-        return {"suite": self.spec.suite.name, "recipe": self.spec.recipe.name,
-                "epochs": setting.epochs_trained, "warmup_epochs": setting.train["warmup_epochs"],
-                "batch_size": setting.train["batch_size"], "trials": self.spec.trials}
+                           paper_schedule=schedule, drop_path_rate=t["drop_path_rate"],
+                           residual_dropout=t["residual_dropout"], zero_head=t["zero_head"])
 
     def _model(self, method: str, task: Task, method_params: dict, seed: int):
         seed_everything(seed)  # the new head's init depends on the seed only, the same for every method
         return methods.get(method).apply(self.backbone, num_classes=task.num_classes, **method_params)
 
-    def experiment(self, method: str) -> dict:
-        """The experiment a method's runs belong to: the protocol, the backbone and its weights,
-        and the hyperparameters fixed with --hparam (a variant). One leaderboard cell only ever
-        aggregates runs of one experiment (and one data hash); logged as the tag ``experiment``."""
-        return {**self.spec.protocol(), "backbone": self.provenance["backbone"],
-                "weights_sha256": self.provenance["weights_sha256"], "fixed": self.spec.fixed.get(method, {})}
+    def experiment(self, method: str) -> Experiment:
+        """The experiment a method's runs belong to (``bench.identity``): one leaderboard row."""
+        return self.spec.experiment(method, self.provenance["weights_sha256"])
+
+    def cell(self, method: str, task: Task) -> Cell:
+        """The experiment on one task's data: one tuning study, one leaderboard cell."""
+        return self.experiment(method).on(task.name, self.data_hash(task.name))
 
     def _tags(self, phase: str, method: str, task: Task, seed: int) -> dict:
+        experiment = self.experiment(method)
         return {"phase": phase, "suite": self.spec.suite.name, "method": method, "task": task.name,
                 "group": task.group, "seed": seed, "git_commit": self.provenance["git_commit"],
-                "owner": owner_id(), tracking.EXPERIMENT_TAG: json.dumps(self.experiment(method), sort_keys=True)}
+                "owner": owner_id(), tracking.EXPERIMENT_TAG: experiment.to_json(),
+                tracking.EXPERIMENT_KEY_TAG: experiment.key()}
+
+    def _params(self, method: str, task: Task, hparams: dict) -> dict:
+        """An MLflow run's params: every hyperparameter it trains with, its experiment's fields,
+        provenance, data hash (the tags hold the identity itself)."""
+        return {**hparams, **self.experiment(method).params(), **self.provenance, "task": task.name,
+                "data_sha256": self.data_hash(task.name)}
 
     def _reap(self, tags: dict, alive=owner_alive) -> None:
         """Mark FAILED the RUNNING runs matching ``tags`` whose worker is gone (``alive(owner)``
@@ -160,18 +160,15 @@ class Runner:
         return common, specific
 
     # -- tuning --------------------------------------------------------------------------------
-    def _study_name(self, method: str, task: Task) -> str:
-        return study_name(study_suite(self.spec), method, task.name, study_variant(self.spec, method))
-
     def _study(self, method: str, task: Task) -> optuna.Study:
         """The tuning study, opened once per process (--force restarts it on that first open, not
         again when the second pass comes back to it); the worker that creates it enqueues the
         recipe-default trial (trial 0)."""
-        name = self._study_name(method, task)
+        cell = self.cell(method, task)
+        name = cell.study_name()
         if name not in self._studies:
-            seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-            study, created = open_study(self.storage, name, seed=seed, warmup_epochs=self.spec.warmup_epochs,
-                                        force=self.spec.force)
+            study, created = open_study(self.storage, name, sampler_seed(cell), cell,
+                                        warmup_epochs=self.spec.warmup_epochs, force=self.spec.force)
             if created and self.spec.trials:
                 study.enqueue_trial(self.defaults(method), user_attrs={"recipe_default": True})
             self._studies[name] = study
@@ -197,8 +194,8 @@ class Runner:
                 except (optuna.TrialPruned, Diverged) as exc:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     outcome = f"pruned ({exc})"
-                except BaseException:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                except BaseException:  # Ctrl-C, a tracking server gone: queued again with its parameters,
+                    requeue(study, trial)  # as a dead worker's trial is, so a rerun gives the same result
                     raise
                 else:
                     study.tell(trial, value)
@@ -217,22 +214,25 @@ class Runner:
         return best_params(study)
 
     def _trial(self, study, trial, method: str, task: Task, train_ds, val_ds) -> float:
+        """Train and score one trial. It records every hyperparameter it trains with (derived ones
+        included, e.g. DoRA's alpha = 2 * rank) as the user attribute ``hparams``, which final fits
+        take (``best_params``). Its seed is its position in the budget (``trial_position``), so a
+        trial re-queued after an interruption trains exactly as it would have."""
         params = {**common_search_space(trial), **methods.get(method).search_space(trial),
                   **self.spec.fixed.get(method, {})}
-        common, specific = self._split_params(params)
+        seed = trial_position(study, trial)
         try:
-            model = self._model(method, task, specific, seed=trial.number)
+            hparams = self._hparams(method, params, None)
+            model = self._model(method, task, self._split_params(hparams)[1], seed=seed)
         except ValueError as exc:  # an impossible combination drawn from the space
             trial.set_user_attr("failure_reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        tags = {**self._tags(tracking.PHASE_TRIAL, method, task, trial.number),
+        trial.set_user_attr("hparams", hparams)
+        tags = {**self._tags(tracking.PHASE_TRIAL, method, task, seed),
                 "study": study.study_name, "trial_number": trial.number}
         desc = f"{method}/{task.name} trial {trial.number}"
         pruned = None
-        with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
-                                 {**params, "drop_path_rate": self.spec.drop_path_rate, **self.provenance,
-                                  "method": method, "task": task.name,
-                                  "data_sha256": self.data_hash(task.name), **self.spec.protocol()}) as run:
+        with tracking.TrackedRun(self.client, self.exp_id, desc, tags, self._params(method, task, hparams)) as run:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 run.log_metrics({**_per_epoch(metrics), tracking.VAL_ACC: metrics["eval_acc"]}, step=epoch)
                 trial.report(metrics["eval_acc"], epoch)
@@ -240,7 +240,7 @@ class Runner:
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
             try:
-                result = fit(model, train_ds, self._config(common, trial.number, desc), eval_ds=val_ds,
+                result = fit(model, train_ds, self._config(hparams, seed, desc), eval_ds=val_ds,
                              eval_every_epoch=True, on_epoch=on_epoch)
             except optuna.TrialPruned as exc:
                 run.set_tag("trial_state", "PRUNED")
@@ -268,11 +268,9 @@ class Runner:
 
     # -- final fits ------------------------------------------------------------------------------
     def run_key(self, method: str, task: Task, seed: int, hparams: dict) -> str:
-        """What a final fit is: its experiment, method, task, data, seed and every hyperparameter it
+        """What a final fit is: its cell (experiment, task, data), seed and every hyperparameter it
         trains with. A re-tune that picks other hyperparameters is another fit (and checkpoint)."""
-        ident = {**self.experiment(method), "method": method, "task": task.name, "seed": seed,
-                 "data_sha256": self.data_hash(task.name), "hparams": hparams}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.cell(method, task).run_key(seed, hparams)
 
     def _hparams(self, method: str, params: dict, setting: Setting | None) -> dict:
         """Every hyperparameter a final fit trains with: the common ones, the method's resolved ones
@@ -299,9 +297,10 @@ class Runner:
 
     def _final_fits(self, method: str, task: Task) -> FinalFits:
         """The final-fit study of (method, task), opened once per process like ``_study``."""
-        name = final_study_name(self._study_name(method, task))
+        cell = self.cell(method, task)
+        name = final_study_name(cell.study_name())
         if name not in self._studies:
-            self._studies[name] = FinalFits(self.storage, *open_study(self.storage, name, seed=0,
+            self._studies[name] = FinalFits(self.storage, *open_study(self.storage, name, 0, cell, ROLE_FINAL,
                                                                       force=self.spec.force))
         return self._studies[name]
 
@@ -371,10 +370,8 @@ class Runner:
             cfg = (self._config(common, seed, desc, ckpt) if setting is None
                    else self._recipe_config(setting, seed, desc, ckpt))
             with tracking.TrackedRun(self.client, self.exp_id, desc, tags,
-                                     {**self._hparams(method, params, setting), "drop_path_rate": cfg.drop_path_rate,
-                                      **self.provenance, "method": method, "task": task.name, "seed": seed,
-                                      "data_sha256": self.data_hash(task.name),
-                                      **self._fit_protocol(method, task)}) as run:
+                                     {**self._params(method, task, self._hparams(method, params, setting)),
+                                      "seed": seed}) as run:
                 trial.set_user_attr("mlflow_run_id", run.id)
 
                 def on_epoch(epoch: int, metrics: dict) -> None:

@@ -17,8 +17,11 @@ cosine's length), ``warmup_epochs`` (inside the cosine, as timm's ``create_sched
 ``warmup_lr``, ``min_lr``, ``cooldown_epochs`` (at ``min_lr`` after the cosine),
 ``restart_epochs`` (> 0: cosine warm restarts every that many epochs, torch's
 ``CosineAnnealingWarmRestarts``), ``lr_per_epoch`` (the lr changes once per epoch, as the sources
-step their schedulers), ``drop_path_rate`` (timm's stochastic depth), ``flip`` (random horizontal
-flip on VTAB's resize), ``zero_head`` (the new head starts at zero).
+step their schedulers), ``drop_path_rate`` (timm's stochastic depth: a whole residual branch
+dropped per sample), ``residual_dropout`` (element-wise ``nn.Dropout`` on each block's two residual
+branches, what RLRR's code calls ``drop_path``; both rise linearly to their rate at the last block
+and a setting has at most one of them), ``flip`` (random horizontal flip on VTAB's resize),
+``zero_head`` (the new head starts at zero).
 """
 from __future__ import annotations
 
@@ -48,12 +51,14 @@ TRAIN_KEYS: dict[str, tuple] = {
     "restart_epochs": (int, 0, 10_000, False, False),
     "lr_per_epoch": (bool,),
     "drop_path_rate": (float, 0.0, 1.0, False, True),
+    "residual_dropout": (float, 0.0, 1.0, False, True),
     "flip": (bool,),
     "zero_head": (bool,),
 }
 REQUIRED = ("lr", "weight_decay", "batch_size", "epochs")
 DEFAULTS = {"warmup_epochs": 0, "warmup_lr": None, "min_lr": 0.0, "cooldown_epochs": 0, "restart_epochs": 0,
-            "lr_per_epoch": False, "drop_path_rate": 0.0, "flip": False, "zero_head": False}
+            "lr_per_epoch": False, "drop_path_rate": 0.0, "residual_dropout": 0.0, "flip": False,
+            "zero_head": False}
 _SUITE_META = ("source_files", "tasks", "methods")
 
 
@@ -177,6 +182,9 @@ def _check_setting(where: str, suite: Suite, setting: Setting, method: str) -> N
         raise ValueError(f"{where}: warmup_epochs {train['warmup_epochs']} must be below epochs {train['epochs']}")
     if train["min_lr"] >= train["lr"]:
         raise ValueError(f"{where}: min_lr {train['min_lr']} must be below lr {train['lr']}")
+    if train["drop_path_rate"] and train["residual_dropout"]:
+        raise ValueError(f"{where}: drop_path_rate and residual_dropout both act on the blocks' "
+                         f"drop_path1/drop_path2: set one")
     if train["flip"] and suite.transform.get("train") != "resize":
         raise ValueError(f"{where}: flip applies to a plain resize; suite {suite.name} trains with "
                          f"{suite.transform.get('train')!r}")

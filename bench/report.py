@@ -51,18 +51,16 @@ from tabulate import tabulate
 
 import methods
 
-from . import catalog, stats_report, tracking, tradeoff, tuning_analysis
+from . import catalog, identity, stats_report, tracking, tradeoff, tuning_analysis
 from . import stats as st
 from .errors import UserError, first_line
+from .identity import Experiment
 from .stats import fmt
 
 REFERENCE_DIR = catalog.CATALOG_DIR / "reference"
 STALE = "†"
 PARTIAL = "‡"
 FAILED_SEED = "§"
-# the fields of an experiment's identity read from each run's params (besides fixed hparams and data)
-PROTOCOL = ("epochs", "warmup_epochs", "batch_size", "trials", "drop_path_rate")
-IDENTITY = (*PROTOCOL, "recipe", "backbone", "weights_sha256")  # recipe: `bench run --recipe` (else empty)
 METRICS = (tracking.TEST_ACC, tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL,
            tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB)
 VARIANT_PARAM = "mode"
@@ -106,11 +104,12 @@ PPT_SCALE = 1e7  # V-PETL Bench's C
 # --------------------------------------------------------------------------- reading MLflow
 
 def check_store(uri: str) -> None:
-    """A report only reads: a SQLite file that is not there is an error, never a new empty store."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise UserError(f"no MLflow store at {path} (run `bench run` first, or pass --tracking-uri)")
+    """A report only reads: a SQLite file that is not there is an error, never a new empty store.
+    A tracking server that is down fails in seconds (``tracking.fail_fast``, as for `bench run`)."""
+    tracking.fail_fast()
+    path = tracking.sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"no MLflow store at {path} (run `bench run` first, or pass --tracking-uri)")
 
 
 @contextmanager
@@ -150,79 +149,59 @@ def final_runs(uri: str, suite: str) -> pd.DataFrame:
 
 
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
-    """Plain column names, strings for tags and params, floats for metrics, the method variant and
-    the hyperparameters fixed with --hparam (``fixed``, e.g. "rank=4"). Kept: FINISHED runs with a
-    test accuracy (there is nothing to rank otherwise) and FAILED runs (``failed`` True)."""
+    """Plain column names, strings for tags and params, floats for metrics, the run's experiment
+    (``identity.Experiment``, read from its ``experiment`` tag) and the method variant. Kept:
+    FINISHED runs with a test accuracy (there is nothing to rank otherwise) and FAILED runs
+    (``failed`` True); runs whose tag is not an identity of this version are left out and counted
+    in ``attrs["unidentified"]``."""
     names = {"run_id": "run_id", "start_time": "start", "status": "status", "tags.method": "method",
              "tags.task": "task", "tags.seed": "seed", "tags.git_commit": "commit",
-             f"tags.{tracking.EXPERIMENT_TAG}": "experiment", "tags.failure_reason": "failure",
+             f"tags.{tracking.EXPERIMENT_TAG}": "identity", "tags.failure_reason": "failure",
              f"params.{VARIANT_PARAM}": "mode", "params.data_sha256": "data",
-             **{f"params.{k}": k for k in IDENTITY}, **{f"metrics.{m}": m for m in METRICS}}
+             **{f"metrics.{m}": m for m in METRICS}}
     df = raw.reindex(columns=list(names)).rename(columns=names)
-    for col in ("run_id", "status", "method", "task", "seed", "commit", "experiment", "failure", "mode", "data",
-                *IDENTITY):
+    for col in ("run_id", "status", "method", "task", "seed", "commit", "identity", "failure", "mode", "data"):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     df["commit"] = df["commit"].replace("", "unknown")
-    df["drop_path_rate"] = df["drop_path_rate"].replace("", "0.0")  # runs from before it was logged
     for col in METRICS:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["experiment"] = [_experiment(text) for text in df["identity"]]
+    df["backbone"] = [e.backbone if e else "" for e in df["experiment"]]
+    df["recipe"] = [e.recipe if e else "" for e in df["experiment"]]
+    df["weights_sha256"] = [e.weights_sha256 if e else "" for e in df["experiment"]]
     df["variant"] = df["mode"].where(df["method"].isin(VARIANT_METHODS), "")
-    df["fixed"] = [_fixed(e, m, v) for e, m, v in zip(df["experiment"], df["method"], df["variant"])]
     df["failed"] = df["status"] == "FAILED"
     keep = (df["status"] == "FINISHED") & df[tracking.TEST_ACC].notna() | df["failed"]
-    return df[keep].drop(columns=["mode", "experiment", "status"]).reset_index(drop=True)
+    known = df["experiment"].notna()
+    out = df[keep & known].drop(columns=["mode", "identity", "status"]).reset_index(drop=True)
+    out.attrs["unidentified"] = int((keep & ~known).sum())
+    return out
 
 
-def _fixed(experiment: str, method: str, variant: str) -> str:
-    """The run's fixed hyperparameters as "k=v, ..." (sorted), from its ``experiment`` tag; a
-    vpt/adapter mode other than the method's default counts as fixed even without the tag."""
-    import json
-
+def _experiment(text: str) -> Experiment | None:
     try:
-        fixed = dict(json.loads(experiment).get("fixed") or {}) if experiment else {}
-    except (ValueError, AttributeError):
-        fixed = {}
-    if variant and variant != DEFAULT_MODE.get(method) and VARIANT_PARAM not in fixed:
-        fixed[VARIANT_PARAM] = variant
-    return ", ".join(f"{k}={v}" for k, v in sorted(fixed.items()))
+        return Experiment.from_json(text)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- aggregation
 
-def _most_common(values: pd.Series, start: pd.Series):
-    """The value most runs share; a tie goes to the value of the most recently started run."""
-    counts = pd.DataFrame({"v": values, "start": start}).groupby("v").agg(n=("start", "size"),
-                                                                        last=("start", "max"))
-    return counts.sort_values(["n", "last"]).index[-1]
-
-
 def label_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """Row labels, one per experiment identity: the method, then what sets its runs apart from the
-    main identity (that of most finished runs; per task for the data hash): fixed hyperparameters,
-    protocol fields, weights, data. E.g. 'lora', 'lora (rank=4)', 'lora (epochs=1)'. ``runs`` are
-    those of one backbone (``by_backbone``), so the backbone itself never needs a label."""
+    """Row labels, one per experiment identity (``identity.row_labels``: the method, then what sets
+    its experiment apart from the suite's main one), and per task a data hash other than the one
+    most runs of the task used. E.g. 'lora', 'lora (rank=4)', 'lora (epochs=1)'. ``runs`` are those
+    of one backbone (``by_backbone``), so the backbone itself never needs a label."""
     done = runs[~runs["failed"]]
-    basis = done if not done.empty else runs
-    main = {k: _most_common(basis[k], basis["start"]) for k in IDENTITY}
-    main_data = {t: _most_common(g["data"], g["start"]) for t, g in basis.groupby("task")}
-    # a recipe fixes its own protocol: its rows are named by the recipe, and a protocol field shows
-    # only where it differs from that recipe's main runs (a smoke run's --epochs)
-    per_recipe = {r: {k: _most_common(g[k], g["start"]) for k in PROTOCOL}
-                  for r, g in basis.groupby("recipe") if r}
-    recipe_fields = [k for k in PROTOCOL if k != "drop_path_rate"]  # a recipe sets it per task
+    basis = (done if not done.empty else runs).sort_values(["start", "run_id"])
+    names = identity.row_labels(basis["experiment"], also=runs["experiment"])
+    main_data = {t: identity.most_common(list(g["data"])) for t, g in basis.groupby("task")}
     labels = []
-    for rec in runs.to_dict("records"):
-        parts = [f"recipe {rec['recipe']}"] if rec["recipe"] else []
-        parts += [rec["fixed"]] if rec["fixed"] else []
-        ref, fields = (per_recipe[rec["recipe"]], recipe_fields) if rec["recipe"] else (main, PROTOCOL)
-        parts += [f"{k}={rec[k] or '?'}" for k in fields if rec[k] != ref[k]]
-        if rec["weights_sha256"] == tracking.RANDOM_INIT:
-            parts.append("random init")
-        elif rec["weights_sha256"] != main["weights_sha256"]:
-            parts.append(f"weights={rec['weights_sha256'][:8] or '?'}")
-        if rec["data"] != main_data.get(rec["task"], rec["data"]):
-            parts.append(f"data={rec['data'][:8] or '?'}")
-        labels.append(rec["method"] + (f" ({', '.join(parts)})" if parts else ""))
+    for e, task, data in zip(runs["experiment"], runs["task"], runs["data"]):
+        label = names[e]
+        if data != main_data.get(task, data):
+            label = label[:-1] + f", data={data[:8] or '?'})" if label.endswith(")") else f"{label} (data={data[:8] or '?'})"
+        labels.append(label)
     return runs.assign(label=labels)
 
 
@@ -412,7 +391,8 @@ def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[st
                 partial: dict[str, str], paper: pd.Series | None, delta: pd.Series | None,
                 suite_stats: st.SuiteStats | None = None) -> str:
     """The leaderboard as a GitHub pipe table, one row per method (variant), sorted by label.
-    ``suite_stats``: the 95% CI of each mean and the average ranks (``bench.stats``)."""
+    ``suite_stats``: the 95% CI over seeds of each mean and the average ranks (``bench.stats``;
+    rows with a failed seed, ``summary["all_seeds"]`` False, are left out of the ranks)."""
     labels = summary.index
     mean, std, stale, failed = (cells[field].unstack("task").reindex(index=labels, columns=tasks)
                                 for field in ("mean", "std", "stale", "failed"))
@@ -429,7 +409,8 @@ def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[st
     cols[f"Mean ({len(tasks)} tasks)"] = column(summary["mean_tasks"], 1, "max", eligible=complete)
     if suite_stats is not None:
         ci = pd.Series(suite_stats.mean_ci95, dtype=object).reindex(labels)
-        cols["95% CI"] = ci.map(lambda c: "-" if not isinstance(c, tuple) else f"[{fmt(c[0], 1)}, {fmt(c[1], 1)}]")
+        cols["95% CI (seeds)"] = ci.map(lambda c: "-" if not isinstance(c, tuple) or pd.isna(c[0])
+                                        else f"[{fmt(c[0], 1)}, {fmt(c[1], 1)}]")
         cols["Avg rank"] = column(pd.Series(suite_stats.average_rank, dtype=float).reindex(labels), 2, "min")
     if groups:
         cols[f"Mean of {len(groups)} group means"] = column(summary["mean_groups"], 1, "max", eligible=complete)
@@ -557,14 +538,17 @@ def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str,
     tasks = shown_tasks(suite, cells)
     groups = task_groups(suite, tasks)
     summary = summarize(runs, cells, tasks, groups)
-    suite_stats = st.analyse(runs, tasks)
+    suite_stats = st.analyse(runs, tasks, failed=summary.index[~summary["all_seeds"].astype(bool)])
     partial = missing_notes(cells, tasks, groups)
     reference = load_reference(suite.name) if compare else None
     paper = delta = ref_rows = None
     delta_notes: list[str] = []
     if reference is not None:
-        ref_rows = reference_rows(runs, reference)
+        released = runs["weights_sha256"].isin(suite.paper_weights_sha256)
+        ref_rows = reference_rows(runs[released], reference)
         paper, delta, delta_notes = paper_and_delta(summary, cells, ref_rows, reference, list(suite.tasks))
+        if not released.all():
+            delta_notes.append(_not_released(suite, sorted(set(runs.loc[~released, "label"]))))
     lines = [build_table(cells, tasks, groups, summary, partial, paper, delta, suite_stats), ""]
     lines += [f"- {n}" for n in notes(suite, runs, tasks, groups, commit, ref_rows, reference)]
     lines += [f"- {n}" for n in stats_notes(tasks)]
@@ -574,12 +558,18 @@ def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str,
 
 
 def stats_notes(tasks: list[str]) -> list[str]:
-    """What the 95% CI and Avg rank columns are."""
-    return [f"95% CI: of Mean ({len(tasks)} tasks), from a percentile bootstrap over each cell's seeds "
-            f"({st.N_BOOT} resamples, fixed seed): the spread the seeds leave on the mean of these tasks. A "
-            f"cell with one seed adds none, so a row of single seeds shows its mean twice.",
-            "Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every "
-            "task, averaged over the tasks; '-' for a row that misses a task (see the statistics section)."]
+    """What the 95% CI (seeds) and Avg rank columns are."""
+    return [f"95% CI (seeds): an interval over seeds for Mean ({len(tasks)} tasks): per seed, the row's mean over "
+            f"its tasks with that seed; the 95% t-interval of their mean (n seeds, n − 1 degrees of freedom). It "
+            f"says how far Mean would move if the row were rerun with other seeds, the tasks fixed; it is not "
+            f"about other tasks (the statistics section is). '-' with fewer than {st.MIN_SEEDS_CI} seeds per cell "
+            f"(a 2-seed percentile bootstrap is about 30% too narrow, a 2-seed t-interval has one degree of "
+            f"freedom, and one seed has no spread to measure) or where the row's cells do "
+            f"not all have the same seeds (a failed seed, {FAILED_SEED}).",
+            f"Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every "
+            f"task and every seed, averaged over the tasks; '-' for a row that misses a task ({PARTIAL}) or has a "
+            f"failed seed ({FAILED_SEED}): those are left out of the ranks and the tests (see the statistics "
+            f"section)."]
 
 
 def row_name(label: str, backbone: str, suite: catalog.Suite, several: bool) -> str:
@@ -603,22 +593,27 @@ def cd_name(suite: catalog.Suite, backbone: str, first: bool) -> str:
 
 def board_stats(board: Board, suite: catalog.Suite, first: bool, level: str,
                 pngs: dict[str, bytes]) -> list[str]:
-    """The statistics section of one board; its CD diagram goes into ``pngs``."""
+    """The statistics section of one board (rows with a failed seed left out, as in its Avg rank
+    column); its CD diagram goes into ``pngs``."""
+    stats = board.stats
     name = None
-    if board.stats.pairs:
+    if stats.pairs:
         name = cd_name(suite, board.backbone, first)
         title = suite.title if first else f"{suite.title} on {board.backbone}"
-        pngs[name] = stats_report.cd_png(board.stats, title)
-    return stats_report.section(board.stats, name, level)
+        pngs[name] = stats_report.cd_png(stats, title)
+    return stats_report.section(stats, name, level)
 
 
 def stats_json(suite: catalog.Suite, boards: list[Board]) -> dict:
     """``<suite>_stats.json``: the statistics of the first leaderboard (the suite's own backbone when
     it has runs) at the top level, those of other backbones under ``other_backbones``."""
+    def of(b: Board) -> dict:  # rows with a failed seed left out, as in the markdown
+        return st.to_json(b.stats)
+
     first, *others = boards
-    out = {"suite": suite.name, "backbone": first.backbone, **st.to_json(first.stats)}
+    out = {"suite": suite.name, "backbone": first.backbone, **of(first)}
     if others:
-        out["other_backbones"] = {b.backbone: st.to_json(b.stats) for b in others}
+        out["other_backbones"] = {b.backbone: of(b) for b in others}
     return out
 
 
@@ -676,6 +671,9 @@ def render(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str, str]
                   f"never imputed). Rows ending in _star use SSF-style data augmentation: another protocol, "
                   f"never the reference of a run without it.", "",
                   paper_table(reference, [t for t in suite.tasks if t in shown]), ""]
+    if all_runs.attrs.get("unidentified"):
+        lines += [f"Not counted: {all_runs.attrs['unidentified']} final run(s) written by an older version of bench, "
+                  "without an experiment identity (`bench.identity`): rerun them to count them.", ""]
     # one blank line between blocks, however the sections above ended
     text = "\n".join(line for i, line in enumerate(lines) if line or not (i and lines[i - 1] == ""))
     return Rendered(text, summary, stats_json(suite, boards), pngs)
@@ -686,6 +684,17 @@ def render_markdown(suite: catalog.Suite, all_runs: pd.DataFrame,
     """The ``<suite>.md`` text without a tuning section, and the per-row summary the plots draw."""
     r = render(suite, all_runs, commit)
     return r.text, r.summary
+
+
+def _not_released(suite: catalog.Suite, labels: list[str]) -> str:
+    """Why rows on the suite's backbone have no paper column: their weights are not the release."""
+    known = (f"its SHA-256 is listed in the catalog ({', '.join(h[:12] for h in suite.paper_weights_sha256)})"
+             if suite.paper_weights_sha256 else
+             "the catalog lists no SHA-256 of that file yet (`paper_weights_sha256` in "
+             f"bench/catalog_data/{suite.name}.toml), so no run is compared")
+    return (f"No paper column or Δ for {', '.join(labels)}: the published rows were measured with the original "
+            f"ImageNet-21k release ({suite.paper_weights}); these runs used other weights (or weights not "
+            f"verified to be that file: {known}).")
 
 
 def _not_compared(suite: catalog.Suite, backbone: str) -> str:
@@ -717,12 +726,26 @@ def _ignored_notes(labelled: pd.DataFrame, known: pd.DataFrame, runs: pd.DataFra
     return out
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write through a temp file in the same folder and rename: never a half-written report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 -> what the umask gives any new file
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -785,16 +808,19 @@ def main(args) -> int:
     if storage:
         tuning_analysis.open_existing(storage)  # a missing storage fails before anything is written
     names = [args.suite] if args.suite else catalog.suite_names()
-    written = []
+    written, older = [], 0
     for name in names:
         runs = final_runs(uri, name)
+        older += runs.attrs["unidentified"]
         if runs.empty or runs["failed"].all():
             continue
         suite = catalog.load_suite(name)
         written += write_report(suite, runs, Path(args.out), tuning_source(storage, uri, suite))
     if not written:
         where = f"suite {args.suite}" if args.suite else f"any suite ({', '.join(names)})"
-        raise UserError(f"no finished final runs of {where} in MLflow store {uri}")
+        why = (f" ({older} final runs there were written by an older version of bench, without an experiment "
+               "identity: rerun them)") if older else ""
+        raise UserError(f"no finished final runs of {where} in MLflow store {uri}{why}")
     for path in written:
         print(path)
     return 0

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import methods
 
@@ -16,8 +17,7 @@ from . import backbones
 from .errors import UserError
 from .protocol import Runner
 from .recipes import load_recipe
-from .spec import METHOD_SETS, backbone_family, parse_methods, spec_from_args, study_suite, study_variant
-from .tune import study_name
+from .spec import METHOD_SETS, backbone_family, parse_methods, spec_from_args, writable_dir
 from .workers import parse_jobs, run_local_workers
 
 
@@ -37,6 +37,8 @@ def main_run(args: argparse.Namespace) -> int:
     if os.environ.get("BENCH_WORKER"):  # one of the workers below: just work
         Runner(spec).run()
         return 0
+    if not args.no_report and args.report_dir:  # checked now, not after all the fits
+        writable_dir(Path(args.report_dir))
     studies = len(spec.methods) * len(spec.tasks)
     family = backbones.get(spec.backbone).family
     sets = [t.strip() for t in args.methods.split(",") if t.strip() in METHOD_SETS]
@@ -74,7 +76,6 @@ def main_tune(args: argparse.Namespace) -> int:
     runner = Runner(spec)
     runner.tune(spec.methods[0], spec.tasks[0])
     params, source = runner.best(spec.methods[0], spec.tasks[0])
-    print(json.dumps({"study": study_name(study_suite(spec), spec.methods[0], spec.tasks[0].name,
-                                          study_variant(spec, spec.methods[0])),
+    print(json.dumps({"study": runner.cell(spec.methods[0], spec.tasks[0]).study_name(),
                       "best_from": source, "params": params}, indent=2, sort_keys=True))
     return 0

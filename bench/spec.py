@@ -15,7 +15,8 @@ from . import backbones, tracking
 from .catalog import Suite, Task, load_suite
 from .errors import UserError
 from .recipes import Recipe, Setting, load_recipe
-from .train import resolve_device
+from .identity import Experiment
+from .train import precision, resolve_device
 
 
 @dataclass
@@ -44,16 +45,17 @@ class RunSpec:
     recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
     epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
 
-    def protocol(self) -> dict:
-        """The protocol part of an experiment's identity (see ``Runner.experiment``). Under a recipe
-        its name (and a smoke run's --epochs) stands for every setting, which the run key holds."""
-        if self.recipe is not None:
-            return {"suite": self.suite.name, "recipe": self.recipe.name, "epochs_override": self.epochs_override}
-        protocol = {"suite": self.suite.name, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs,
-                    "batch_size": self.batch_size, "trials": self.trials}
-        if self.drop_path_rate:  # only when set, so that the identities of earlier runs stay the same
-            protocol["drop_path_rate"] = self.drop_path_rate
-        return protocol
+    def experiment(self, method: str, weights_sha256: str) -> Experiment:
+        """The experiment ``method``'s runs belong to (``bench.identity``). Under a recipe, its name
+        (and a smoke run's --epochs) stands for the settings it fixes per task."""
+        recipe = self.recipe is not None
+        return Experiment(
+            suite=self.suite.name, backbone=self.backbone, weights_sha256=weights_sha256, method=method,
+            fixed=tuple(self.fixed.get(method, {}).items()), recipe=self.recipe.name if recipe else "",
+            epochs=self.epochs_override if recipe else self.epochs,
+            warmup_epochs=None if recipe else self.warmup_epochs, batch_size=None if recipe else self.batch_size,
+            trials=self.trials, drop_path_rate=None if recipe else self.drop_path_rate,
+            precision=precision(self.device), device_kind=self.device.split(":")[0])
 
     def setting(self, method: str, task: Task) -> Setting:
         """The recipe's settings of (method, task); under --epochs N, N epochs and no cool-down."""
@@ -72,7 +74,11 @@ class RunSpec:
         return self.setting(method, task).epochs_trained
 
 
-def parse_int_list(text: str | None, what: str) -> list[int] | None:
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; torch refuses seeds of 2**64 and above
+
+
+def parse_int_list(text: str | None, what: str, lo: int | None = None, hi: int | None = None) -> list[int] | None:
+    """Comma-separated distinct integers (in [lo, hi] when given), or None for no flag."""
     if text is None:
         return None
     try:
@@ -81,6 +87,8 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
         raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or len(set(values)) != len(values):
         raise UserError(f"{what} must list distinct integers, got {text!r}")
+    if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
+        raise UserError(f"{what} must be integers in [{lo}, {hi}], got {text!r}")
     return values
 
 
@@ -121,8 +129,10 @@ def parse_value(text: str):
     return text
 
 
-def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
-    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, each value checked by its method."""
+def parse_fixed(items: list[str], method_names: list[str], backbone: str | None = None) -> dict[str, dict]:
+    """``--hparam vpt.mode=shallow`` -> {"vpt": {"mode": "shallow"}}, each value checked by its method
+    and, given the ``backbone``'s name, against its sizes (``Method.check_fits``: a rank above its
+    width ...), on its shapes alone (built on the meta device: nothing allocated)."""
     fixed: dict[str, dict] = {}
     for item in items:
         target, eq, text = item.partition("=")
@@ -133,9 +143,16 @@ def parse_fixed(items: list[str], method_names: list[str]) -> dict[str, dict]:
             raise UserError(f"--hparam {item!r}: method {method!r} is not among --methods "
                             f"({', '.join(method_names)})")
         fixed.setdefault(method, {})[name] = parse_value(text)
+    layout = None
+    if fixed and backbone:
+        from methods.families import layout_of
+
+        layout = layout_of(backbones.create_meta(backbone))
     for method, hp in fixed.items():
         try:
-            methods.get(method).resolve(**hp)
+            resolved = methods.get(method).resolve(**hp)
+            if layout is not None:
+                methods.get(method).check_fits(resolved, layout)
         except ValueError as exc:
             raise UserError(f"--hparam: {exc}") from None
     return fixed
@@ -212,7 +229,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         positive(value, what)
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
-    seeds = parse_int_list(args.seeds, "--seeds") or list(suite.recipe["seeds"])
+    seeds = parse_int_list(args.seeds, "--seeds", 0, MAX_SEED) or list(suite.recipe["seeds"])
     if suite.needs_data_root and not args.data_root:
         raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
     if args.data_root and not Path(args.data_root).is_dir():
@@ -234,6 +251,10 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
     epochs = args.epochs or suite.recipe["epochs"]
     out = Path(args.out)
     tracking_uri = args.tracking_uri or tracking.default_tracking_uri(out)
+    if not args.storage:  # the default Optuna storage's URL names --out: one no URL carries is refused now
+        from .tune import default_storage_url
+
+        default_storage_url(out)
     if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
         raise UserError(f"malformed --tracking-uri {tracking_uri!r}; expected e.g. sqlite:///path/mlflow.db "
                         "or http://host:5000")
@@ -244,7 +265,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
         batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
         tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
-        fixed=parse_fixed(args.hparam, method_names), drop_path_rate=drop_path_rate, recipe=recipe,
+        fixed=parse_fixed(args.hparam, method_names, backbone), drop_path_rate=drop_path_rate, recipe=recipe,
         epochs_override=args.epochs if recipe else None)
 
 
@@ -261,24 +282,6 @@ def weights_file(spec: RunSpec) -> Path | None:
     if spec.random_init:
         return None
     return Path(spec.pretrained) if spec.pretrained else backbones.get(spec.backbone).default_weights
-
-
-def study_suite(spec: RunSpec) -> str:
-    """The suite part of the run's Optuna study names: the suite's name on its own backbone (the
-    names of every earlier run), ``suite@backbone`` on another, so that a study tuned on one
-    backbone never hands its trials or its best hyperparameters to another."""
-    return spec.suite.name if spec.backbone == spec.suite.backbone else f"{spec.suite.name}@{spec.backbone}"
-
-
-def study_variant(spec: RunSpec, method: str) -> dict:
-    """What sets a study apart from the method's default one: its --hparam values and a
-    --drop-path-rate (hyperparameters tuned without drop-path are not the best with it)."""
-    variant = dict(spec.fixed.get(method, {}))
-    if spec.drop_path_rate:
-        variant["drop_path_rate"] = spec.drop_path_rate
-    if spec.recipe is not None:  # a recipe's final fits have a final-fit study of their own
-        variant["recipe"] = spec.recipe.name
-    return variant
 
 
 def backbone_family(args: argparse.Namespace) -> str:

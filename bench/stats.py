@@ -1,24 +1,35 @@
 """Which differences between leaderboard rows are real: average ranks, the Friedman test, paired
-Wilcoxon tests with Holm's correction, and bootstrap confidence intervals. Pure functions on the
-tidy frame of final runs (columns ``label``, ``task``, ``seed``, ``test_acc``), so that
-``bench report`` and ``bench compare`` compute the same numbers.
+Wilcoxon tests with Holm's correction, a t-interval over seeds for each row's mean and bootstrap
+intervals for pairwise differences. Pure functions on the tidy frame of final runs (columns
+``label``, ``task``, ``seed``, ``test_acc``), so that ``bench report`` and ``bench compare`` compute
+the same numbers.
 
 Why these: a suite mean that differs by a few tenths says nothing without the spread behind it.
 Tasks are the unit of the tests (Demšar 2006; Benavoli et al. 2016): per task, a row's cell is the
 mean over its seeds; rows are ranked per task (1 = best, ties averaged) and the Friedman test asks
 whether the ranks differ at all; each pair gets a two-sided Wilcoxon signed-rank test over the
-tasks, Holm-corrected over all pairs. The tests come from scipy and statsmodels, never written here.
+tasks with zero differences split between the signs (``zero_method="zsplit"``, as Demšar 2006
+recommends), Holm-corrected over all pairs. A significant pair's direction is that of the signed
+ranks (W+, the rank sum of the tasks A wins, against W−), the statistic the test is about, never
+the sign of the mean difference: many small wins can outweigh a few large losses, and the verdict
+then notes that the mean says otherwise. Rows with a failed seed (a cell's mean over the seeds
+that survived) and rows that miss a task are left out of the ranks and the tests. The tests come
+from scipy and statsmodels, never written here.
 
-Confidence intervals come from a percentile bootstrap with fixed seeds (the same store gives the
-same bytes): a row's suite mean resamples seeds within each task (the tasks are the suite's, fixed),
-a pairwise mean difference resamples tasks and, within each, each row's seeds (the question the
-Wilcoxon test asks: does A beat B on tasks like these?). With one seed per cell there is no seed
-uncertainty to resample.
+Intervals: a row's "95% CI (seeds)" is a t-interval over seeds: per seed, the row's mean over its
+tasks; the interval of their mean with n - 1 degrees of freedom (n seeds, every cell with the same
+seeds; none below 3 seeds: a 2-seed percentile bootstrap is about 30% too narrow, a t-interval over
+2 seeds has 1 degree of freedom, and one seed has no spread at all). It says how far the Mean would
+move if the suite were rerun with other seeds, the tasks fixed. A pairwise mean difference gets a
+percentile bootstrap with fixed seeds (the same store gives the same bytes) that resamples tasks
+and, within each, each row's seeds (the question the Wilcoxon test asks: does A beat B on tasks
+like these?).
 """
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +39,11 @@ ACC = "test_acc"  # bench.tracking.TEST_ACC (not imported: this module needs not
 ALPHA = 0.05
 MIN_ROWS = 2
 MIN_TASKS = 5
+MIN_SEEDS_CI = 3  # fewer seeds: no interval over seeds (see the module docstring)
 N_BOOT = 4000
 BOOT_SEED = 15  # the bootstrap's base seed: fixed, so a rerun is byte-identical
 TIE_DECIMALS = 1  # a task is a tie when both cells show the same value in the table (1 decimal)
+DIFF_DECIMALS = 9  # per-task differences are rounded here first: float noise is never a nonzero difference
 
 
 # --------------------------------------------------------------------------- cells and ranks
@@ -68,18 +81,43 @@ def friedman(matrix: pd.DataFrame) -> tuple[float, float] | None:
     return stat, (1.0 if np.isnan(p) else p)  # every task a tie everywhere: nothing differs
 
 
+def differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-task A - B, rounded to DIFF_DECIMALS (so that equal cells are a zero difference)."""
+    d = np.round(np.asarray(a, float) - np.asarray(b, float), DIFF_DECIMALS)
+    if d.size and not np.all(np.isfinite(d)):
+        raise ValueError("per-task means must be finite (a missing cell is no difference)")
+    return d + 0.0  # never -0.0
+
+
 def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p over paired per-task means (zero differences dropped,
-    scipy's exact distribution when it applies); 1.0 when every difference is zero."""
+    """Two-sided Wilcoxon signed-rank p over paired per-task means, zero differences split between
+    the signs (``zero_method="zsplit"``, Demšar 2006). scipy picks the exact distribution when
+    there are no ties or zeros, else up to 13 tasks the exact permutation distribution (all 2^n
+    sign flips), above that the normal approximation with the tie correction. 1.0 when every
+    difference is zero."""
     from scipy.stats import wilcoxon
 
-    d = np.asarray(a, float) - np.asarray(b, float)
+    d = differences(a, b)
     if not np.any(d != 0):
         return 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = float(wilcoxon(d).pvalue)
+        p = float(wilcoxon(d, zero_method="zsplit").pvalue)
     return 1.0 if np.isnan(p) else p
+
+
+def signed_ranks(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(W+, W−): the sums of the ranks of |A - B| (ties averaged) over the tasks where A is higher
+    and where B is, each zero difference's rank split half to each ("zsplit"). The two-sided
+    Wilcoxon statistic is the smaller; the larger names the row the test favours."""
+    from scipy.stats import rankdata
+
+    d = differences(a, b)
+    if not d.size:
+        return 0.0, 0.0
+    ranks = rankdata(np.abs(d), method="average")
+    zeros = ranks[d == 0].sum() / 2
+    return float(ranks[d > 0].sum() + zeros), float(ranks[d < 0].sum() + zeros)
 
 
 def min_wilcoxon_p(n_tasks: int) -> float:
@@ -102,10 +140,53 @@ def win_tie_loss(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
     return int((ra > rb).sum()), int((ra == rb).sum()), int((ra < rb).sum())
 
 
+# --------------------------------------------------------------------------- intervals over seeds
+
+def seed_means(runs: pd.DataFrame, label: str, tasks: list[str]) -> pd.Series | None:
+    """Per seed (sorted), the row's mean accuracy over ``tasks`` with that seed: the row's Mean as
+    one rerun of the suite would give it. None when the row's cells on ``tasks`` do not all have
+    the same seeds (a failed seed, or seeds that differ between tasks): no seed then stands for a
+    whole rerun."""
+    mine = runs[(runs["label"] == label) & runs["task"].isin(list(tasks))]
+    if mine.empty or not tasks:
+        return None
+    table = mine.groupby(["task", "seed"])[ACC].mean().unstack("seed")
+    table = table.reindex(index=list(tasks)).sort_index(axis=1)
+    if table.isna().to_numpy().any():
+        return None
+    return pd.Series(table.to_numpy(float).mean(axis=0), index=table.columns)
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+    """95% t-interval of the mean of ``values``: mean ± t(0.975, n - 1) × s / √n (scipy); NaN with
+    fewer than MIN_SEEDS_CI values; zero width when they are all equal."""
+    from scipy.stats import t
+
+    values = np.asarray(values, float)
+    n = len(values)
+    if n < MIN_SEEDS_CI:
+        return float("nan"), float("nan")
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    if sd == 0:
+        return mean, mean
+    lo, hi = t.interval(0.95, n - 1, loc=mean, scale=sd / np.sqrt(n))
+    return float(lo), float(hi)
+
+
+def seed_ci(runs: pd.DataFrame, label: str, tasks: list[str]) -> tuple[tuple[float, float], int | None]:
+    """(the 95% t-interval over seeds of the row's mean over ``tasks``, the number of seeds it is
+    over): NaN bounds with fewer than MIN_SEEDS_CI seeds, and with a seed count of None where
+    the cells do not all have the same seeds (``seed_means``)."""
+    per_seed = seed_means(runs, label, tasks)
+    if per_seed is None:
+        return (float("nan"), float("nan")), None
+    return t_interval(per_seed.to_numpy(float)), len(per_seed)
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 def _seed(*parts: str) -> list[int]:
-    """A seed for one stream of draws, from the names it is about: a row's CI never changes
+    """A seed for one stream of draws, from the names it is about: a pair's CI never changes
     because another row was added to the store."""
     digest = hashlib.sha256("\x00".join(parts).encode()).digest()
     return [BOOT_SEED, int.from_bytes(digest[:8], "little")]
@@ -129,11 +210,6 @@ class Bootstrap:
             draws = rng.integers(0, len(values), size=(self.n_boot, len(values)))
             self._cells[key] = values[draws].mean(axis=1)
         return self._cells[key]
-
-    def mean_ci(self, label: str, tasks: list[str]) -> tuple[float, float]:
-        """95% CI of the row's mean over ``tasks``, seeds resampled within each task."""
-        means = np.mean([self.cell(label, t) for t in tasks], axis=0)
-        return _percentiles(means)
 
     def diff_ci(self, a: str, b: str, tasks: list[str]) -> tuple[float, float]:
         """95% CI of mean over tasks of (A - B): tasks resampled (paired), then seeds within each."""
@@ -163,19 +239,43 @@ class Pair:
     ties: int
     losses: int
     p_holm: float = float("nan")
+    w_plus: float = float("nan")  # signed-rank sum of the tasks A wins (zero differences split)
+    w_minus: float = float("nan")  # ... and of those B wins
 
-    def verdict(self, p: float | None = None) -> str:
-        """One line: 'A > B, p = 0.003, 14/19 tasks', or that no difference is shown."""
+    @property
+    def favours(self) -> str:
+        """The row the signed ranks favour ('' when W+ = W−): the direction of the test."""
+        if np.isnan(self.w_plus) or np.isnan(self.w_minus) or self.w_plus == self.w_minus:
+            return ""
+        return self.a if self.w_plus > self.w_minus else self.b
+
+    @property
+    def mean_disagrees(self) -> bool:
+        """Whether the mean difference points the other way from the signed ranks."""
+        return bool(self.favours) and (self.mean_diff < 0 if self.favours == self.a else self.mean_diff > 0)
+
+    def verdict(self, p: float | None = None, p_name: str = "p") -> str:
+        """One line: 'A > B, p = 0.003, 14/19 tasks', or that no difference is shown. ``p``: the p
+        to judge by (default: the uncorrected one), printed as ``p_name``. The winner is the row
+        the signed ranks favour; a note follows where the mean difference favours the other."""
         p = self.p if p is None else p
         n = len(self.tasks)
         if np.isnan(p):
             return (f"no test: {self.a} and {self.b} share {n} task(s), fewer than {MIN_TASKS}; "
                     f"{self.a} better on {self.wins}/{n}")
-        if p < ALPHA and self.mean_diff > 0:
-            return f"{self.a} > {self.b}, p = {fmt_p(p)}, {self.wins}/{n} tasks"
-        if p < ALPHA and self.mean_diff < 0:
-            return f"{self.b} > {self.a}, p = {fmt_p(p)}, {self.losses}/{n} tasks"
-        return (f"no significant difference between {self.a} and {self.b}: p = {fmt_p(p)}, "
+        winner = self.favours
+        if p < ALPHA and winner:
+            loser = self.b if winner == self.a else self.a
+            won, (w_win, w_lose) = ((self.wins, (self.w_plus, self.w_minus)) if winner == self.a
+                                    else (self.losses, (self.w_minus, self.w_plus)))
+            text = f"{winner} > {loser}, {p_name} = {fmt_p(p)}, {won}/{n} tasks"
+            if self.mean_disagrees:
+                diff = self.mean_diff if winner == self.a else -self.mean_diff
+                text += (f"; note: the mean difference favours {loser} ({winner} − {loser} = "
+                         f"{fmt(diff, 2, sign=True)} points), the signed ranks {winner} (rank sums "
+                         f"{w_win:g} against {w_lose:g})")
+            return text
+        return (f"no significant difference between {self.a} and {self.b}: {p_name} = {fmt_p(p)}, "
                 f"{self.a} better on {self.wins}/{n} tasks")
 
 
@@ -188,8 +288,10 @@ def pair(boot: Bootstrap, means: pd.DataFrame, a: str, b: str, tasks: list[str] 
     wins, ties, losses = win_tie_loss(x, y)
     if not tasks:
         return Pair(a, b, [], float("nan"), (float("nan"), float("nan")), float("nan"), 0, 0, 0)
+    w_plus, w_minus = signed_ranks(x, y)
     return Pair(a, b, list(tasks), float(np.mean(x - y)), boot.diff_ci(a, b, list(tasks)),
-                wilcoxon_p(x, y) if len(tasks) >= MIN_TASKS else float("nan"), wins, ties, losses)
+                wilcoxon_p(x, y) if len(tasks) >= MIN_TASKS else float("nan"), wins, ties, losses,
+                w_plus=w_plus, w_minus=w_minus)
 
 
 @dataclass
@@ -199,26 +301,33 @@ class SuiteStats:
     rows: list[str]  # compared rows, best average rank first
     left_out: list[str]  # rows without a run for every task (not compared)
     average_rank: dict[str, float]
-    mean_ci95: dict[str, tuple[float, float]]  # every row, over its own tasks
+    mean_ci95: dict[str, tuple[float, float]]  # every row, over its own tasks: t-interval over seeds (NaN: none)
     friedman: tuple[float, float] | None = None
     pairs: list[Pair] = field(default_factory=list)
     omitted: str = ""  # why there are no p-values ('' when there are)
+    failed: list[str] = field(default_factory=list)  # rows with a failed seed (not compared)
+    ci_seeds: dict[str, int | None] = field(default_factory=dict)  # seeds behind each mean_ci95 (None: cells differ)
 
 
-def analyse(runs: pd.DataFrame, tasks: list[str], n_boot: int = N_BOOT) -> SuiteStats:
+def analyse(runs: pd.DataFrame, tasks: list[str], n_boot: int = N_BOOT, failed: Iterable[str] = ()) -> SuiteStats:
     """The statistics of one leaderboard. ``runs``: one run per (label, task, seed), finished;
-    ``tasks``: its task columns. Compared: the rows with a cell for every task. Average ranks
-    need 2 such rows; p-values need MIN_TASKS tasks too, else ``omitted`` says why."""
-    means = cell_means(runs).reindex(columns=tasks)
+    ``tasks``: its task columns; ``failed``: rows with a seed whose final fit failed (their cells
+    are over the seeds that survived). Compared: the rows with a cell for every task and no failed
+    seed. Average ranks need 2 such rows; p-values need MIN_TASKS tasks too, else ``omitted`` says
+    why."""
+    means = cell_means(runs).reindex(columns=list(tasks))
     boot = Bootstrap(runs, n_boot)
-    mean_ci = {label: boot.mean_ci(label, [t for t in tasks if pd.notna(means.at[label, t])])
-               for label in sorted(means.index)}
+    ci, ci_seeds = {}, {}
+    for label in sorted(means.index):
+        ci[label], ci_seeds[label] = seed_ci(runs, label, [t for t in tasks if pd.notna(means.at[label, t])])
     complete = means.notna().all(axis=1)
-    compared = sorted(means.index[complete])
+    flagged = sorted(set(failed) & set(means.index))
+    compared = sorted(label for label in means.index[complete] if label not in flagged)
     left_out = sorted(means.index[~complete])
-    stats = SuiteStats(list(tasks), compared, left_out, {}, mean_ci)
+    stats = SuiteStats(list(tasks), compared, left_out, {}, ci, failed=flagged, ci_seeds=ci_seeds)
     if len(compared) < MIN_ROWS:
-        stats.omitted = (f"{len(compared)} row(s) have a final run for every one of the {len(tasks)} tasks; "
+        seeds = " and every seed" if flagged else ""
+        stats.omitted = (f"{len(compared)} row(s) have a final run for every one of the {len(tasks)} tasks{seeds}; "
                          f"ranks and tests need at least {MIN_ROWS}")
         return stats
     matrix = means.loc[compared]
@@ -236,6 +345,44 @@ def analyse(runs: pd.DataFrame, tasks: list[str], n_boot: int = N_BOOT) -> Suite
     for p, adjusted in zip(stats.pairs, holm([p.p for p in stats.pairs])):
         p.p_holm = adjusted
     return stats
+
+
+def cliques(stats: SuiteStats) -> list[list[str]]:
+    """The bars of the critical-difference diagram: the maximal groups of two or more compared
+    rows in which no pair differs significantly (p (Holm) ≥ ALPHA), as scikit-posthocs finds them
+    (maximal cliques of the graph of non-significant pairs). Each group in rank order; the groups
+    by their best member's place, then their worst's."""
+    rows = list(stats.rows)
+    place = {label: i for i, label in enumerate(rows)}
+    same = {label: set() for label in rows}
+    for p in stats.pairs:
+        if not p.p_holm < ALPHA:
+            same[p.a].add(p.b)
+            same[p.b].add(p.a)
+    found: list[list[str]] = []
+
+    def extend(clique: set, candidates: set, done: set) -> None:  # Bron–Kerbosch with a pivot
+        if not candidates and not done:
+            if len(clique) > 1:
+                found.append(sorted(clique, key=place.__getitem__))
+            return
+        pivot = max(candidates | done, key=lambda v: (len(candidates & same[v]), -place[v]))
+        for v in sorted(candidates - same[pivot], key=place.__getitem__):
+            extend(clique | {v}, candidates & same[v], done & same[v])
+            candidates = candidates - {v}
+            done = done | {v}
+
+    if stats.pairs:
+        extend(set(), set(rows), set())
+    return sorted(found, key=lambda c: (place[c[0]], place[c[-1]], [place[x] for x in c]))
+
+
+def passed_over(stats: SuiteStats, clique: list[str]) -> list[str]:
+    """Compared rows that are not in ``clique`` but whose average rank lies within its bar's span
+    (a bar through a group that is not contiguous in rank): in rank order."""
+    ranks = [stats.average_rank[label] for label in clique]
+    lo, hi = min(ranks), max(ranks)
+    return [label for label in stats.rows if label not in clique and lo <= stats.average_rank[label] <= hi]
 
 
 def fmt(value: float, decimals: int, sign: bool = False) -> str:
@@ -278,16 +425,22 @@ def _p(x: float | None) -> float | None:
 
 
 def to_json(stats: SuiteStats) -> dict:
-    """The machine-readable statistics of one leaderboard (the schema of ``<suite>_stats.json``)."""
+    """The machine-readable statistics of one leaderboard (the schema of ``<suite>_stats.json``).
+    ``mean_ci95``: per row, the 95% t-interval over seeds of its mean (null: fewer than 3 seeds,
+    or cells with different seeds), over ``mean_ci95_seeds`` seeds."""
     return {
         "tasks": list(stats.tasks),
         "rows": list(stats.rows),
         "left_out": list(stats.left_out),
+        "failed_seeds": list(stats.failed),
         "omitted": stats.omitted or None,
         "average_rank": {k: _r(v) for k, v in stats.average_rank.items()},
         "friedman_p": _p(stats.friedman[1]) if stats.friedman else None,
         "pairwise": [{"a": p.a, "b": p.b, "mean_diff": _r(p.mean_diff), "ci95": [_r(p.ci95[0]), _r(p.ci95[1])],
-                      "p": _p(p.p), "p_holm": _p(p.p_holm), "wins": p.wins, "ties": p.ties, "losses": p.losses}
+                      "p": _p(p.p), "p_holm": _p(p.p_holm), "w_plus": _r(p.w_plus), "w_minus": _r(p.w_minus),
+                      "favours": p.favours or None, "wins": p.wins, "ties": p.ties, "losses": p.losses}
                      for p in stats.pairs],
-        "mean_ci95": {k: [_r(lo), _r(hi)] for k, (lo, hi) in stats.mean_ci95.items()},
+        "cliques": cliques(stats),
+        "mean_ci95": {k: None if np.isnan(lo) else [_r(lo), _r(hi)] for k, (lo, hi) in stats.mean_ci95.items()},
+        "mean_ci95_seeds": {k: stats.ci_seeds.get(k) for k in stats.mean_ci95},
     }

@@ -2,11 +2,12 @@
 
 One experiment per suite (``peft-bench/<suite>``); one run per (method, task, seed, phase).
 Tags (strings): phase ("trial" | "final"), suite, method, task, group, seed, git_commit,
-experiment (JSON of what makes runs one experiment: suite, epochs, warmup_epochs, batch_size,
-trials, backbone, weights_sha256, fixed hyperparameters), run_key (final fits), study,
+experiment (the run's experiment identity, ``bench.identity.Experiment.to_json``: the only record
+of it that is read back), experiment_key (its short hash), run_key (final fits), study,
 trial_number (trials only).
-Params: every hyperparameter (method-specific and common), method, task, seed, backbone,
-weights_sha256, data_sha256, git_commit, versions of torch/timm/optuna/mlflow.
+Params: every hyperparameter the run trains with (method-specific, common, derived), the
+experiment's fields (``Experiment.params``), task, seed, data_sha256, weights file, git_commit,
+versions of torch/timm/optuna/mlflow/peft.
 Metrics: per epoch ``train_loss``, ``lr``, ``val_acc`` (trials) with step=epoch; at the end
 ``test_acc`` (final runs, percent, last epoch), ``val_acc`` (trials, percent),
 ``params_backbone`` (trainable, no head), ``params_total`` (trainable, head included),
@@ -23,7 +24,8 @@ import time
 from pathlib import Path
 
 EXPERIMENT_PREFIX = "peft-bench/"
-EXPERIMENT_TAG = "experiment"  # JSON: protocol, backbone, weights hash, fixed hyperparameters
+EXPERIMENT_TAG = "experiment"  # JSON of the run's bench.identity.Experiment
+EXPERIMENT_KEY_TAG = "experiment_key"  # its short hash
 RANDOM_INIT = "none"  # `--pretrained none`, and the weights_sha256 param of its runs: a random backbone
 PHASE_TRIAL = "trial"
 PHASE_FINAL = "final"
@@ -50,7 +52,37 @@ def default_tracking_uri(out: str | Path = "runs") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+    return sqlite_url(Path(out) / "mlflow.db")
+
+
+def sqlite_url(path: str | Path) -> str:
+    """``sqlite:///<absolute path>`` for a store file the tool names itself (under ``--out``). A path
+    that a URL does not carry verbatim is refused (one line) rather than quoted: SQLAlchemy reads
+    ``?`` as the start of the query string (``--out users.db?x`` would open ``users.db``) and
+    unquotes ``%XX`` (``a%41b`` would open ``aAb``), and URL parsers drop control characters."""
+    from .errors import UserError
+
+    path = Path(path).resolve()
+    bad = sorted({c for c in str(path) if c in "?%" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise UserError(f"the SQLite store {str(path)!r} cannot be named by a URL: its path holds "
+                        f"{', '.join(map(repr, bad))} (the URL would open another file); use another --out "
+                        "folder, or pass the stores' URLs (--storage, --tracking-uri)")
+    return f"sqlite:///{path}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file a ``sqlite:///`` URI opens, as SQLAlchemy reads it (query string cut, ``%XX``
+    unquoted); None for another kind of URI or a malformed one."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database
+    except Exception:  # sqlalchemy's ArgumentError and others for a malformed URL
+        return None
+    return Path(database) if database else None
 
 
 def git_commit(root: str | Path | None = None) -> str:
@@ -90,6 +122,15 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def fail_fast() -> None:
+    """Make a dead or unreachable tracking server fail in seconds, not after minutes of MLflow's
+    default retries (7 with exponential backoff: 4 min 12 s measured): one retry, 15 s a request.
+    Every command that reads or writes a store calls it first (``connect``: run, tune, perf;
+    ``bench.report.check_store``: report, compare); a user's own settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
 def connect(uri: str):
     """Point MLflow at ``uri``; a malformed or unreachable store is a UserError (one line)."""
     import mlflow
@@ -98,19 +139,17 @@ def connect(uri: str):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about creating tables
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    # a dead tracking server should fail in seconds, not after minutes of MLflow's default retries
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    fail_fast()
     # (no mlflow.set_tracking_uri: it also sets $MLFLOW_TRACKING_URI for the rest of the process)
     # workers started together on one SQLite file must not race to create its tables
     lock = contextlib.nullcontext()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = open(db.with_name(db.name + ".lock"), "w")
     try:
         with lock:
-            if uri.startswith("sqlite:///"):
+            if db is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             client = mlflow.MlflowClient(uri)
             client.search_experiments(max_results=1)

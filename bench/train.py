@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 import methods
-from methods.families import set_drop_path  # timm's stochastic depth, by the backbone family's layout
+# timm's stochastic depth and RLRR's residual dropout, by the backbone family's layout
+from methods.families import set_drop_path, set_residual_dropout
 
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
@@ -54,6 +55,7 @@ class TrainConfig:
     # ``create_scheduler`` as the official codes run it (see ``lr_schedule``).
     paper_schedule: "PaperSchedule | None" = None
     drop_path_rate: float = 0.0  # timm's stochastic depth, linearly increasing over the blocks
+    residual_dropout: float = 0.0  # RLRR's "drop_path": element-wise dropout on the residual branches, rising likewise
     zero_head: bool = False  # the head starts at zero (RLRR's zero_head=True)
 
 
@@ -151,9 +153,15 @@ def head_only(model: nn.Module) -> bool:
     return methods.count_trainable(model, exclude_head=True) == 0
 
 
+def precision(device: str) -> str:
+    """The precision a run trains in on ``device``: bf16 autocast on GPU, fp32 elsewhere (part of
+    the experiment's identity: ``bench.identity``)."""
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
 def autocast(device: str):
     """bf16 autocast on GPU; a no-op context on CPU."""
-    if device.startswith("cuda"):
+    if precision(device) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
@@ -246,27 +254,90 @@ class _Progress:
     images: int = 0  # training images seen
 
 
+class _BadCheckpoint(Exception):
+    """A checkpoint that cannot be resumed from; the message says why, in a few words."""
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", *(f.name for f in dataclasses.fields(_Progress)))
+
+
 def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, progress: _Progress) -> None:
-    """Trainable tensors, optimizer and RNG states after an epoch; written atomically."""
+    """Trainable tensors, optimizer and RNG states after an epoch: tensors and plain values only
+    (read back with ``weights_only=True``, so a checkpoint can never run code), written atomically,
+    with its SHA-256 beside it (``<name>.sha256``, checked before it is read)."""
+    from .data.decoded_cache import write_checksum
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 **dataclasses.asdict(progress)}, tmp)
+    # the checksum first: a crash between the two renames leaves a mismatch, i.e. a restart
+    write_checksum(path, of=tmp)
     tmp.replace(path)
 
 
-def _load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def _load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, epochs: int,
+                     steps_per_epoch: int) -> dict:
+    """Restore what ``_save_checkpoint`` saved, all or nothing: ``_BadCheckpoint`` (and nothing
+    changed) when the file does not match its checksum, holds anything but tensors and plain
+    values, or does not fit this fit (its parameters, its epochs and steps)."""
+    import io
+    import pickle
+
+    from .data.decoded_cache import checksum_problem
+    from .errors import first_line
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise _BadCheckpoint(f"it cannot be read ({exc.strerror or exc})") from None
+    problem = checksum_problem(path, data)
+    if problem:
+        raise _BadCheckpoint(problem)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _BadCheckpoint("it holds objects other than tensors and plain values (not loaded: they could "
+                             "run code)") from None
+    except Exception as exc:  # a corrupt zip, a truncated record ...: torch raises many types
+        raise _BadCheckpoint(f"it cannot be read ({first_line(exc, 120)})") from None
+    _check_checkpoint(state, model, generator, epochs, steps_per_epoch)
+    before = optimizer.state_dict()
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as exc:
+        optimizer.load_state_dict(before)
+        raise _BadCheckpoint(f"it holds another optimizer's state ({first_line(exc, 120)})") from None
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["model"].items():
             params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+def _check_checkpoint(state, model: nn.Module, generator: torch.Generator, epochs: int, steps_per_epoch: int) -> None:
+    """``_BadCheckpoint`` unless ``state`` is what ``_save_checkpoint`` writes for this model and fit."""
+    if not isinstance(state, dict) or set(state) != set(_CHECKPOINT_KEYS):
+        raise _BadCheckpoint("it is not a checkpoint of this tool")
+    trainable = _trainable_state(model)
+    saved = state["model"]
+    if (not isinstance(saved, dict) or set(saved) != set(trainable)
+            or any(not isinstance(v, torch.Tensor) or v.shape != trainable[k].shape for k, v in saved.items())):
+        raise _BadCheckpoint("it holds the tensors of another model")
+    for key, like in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or value.dtype != like.dtype or value.shape != like.shape:
+            raise _BadCheckpoint(f"it holds no valid {key} state")
+    epoch, step, history = state["epoch"], state["step"], state["history"]
+    if not (isinstance(epoch, int) and -1 <= epoch < epochs - 1 and step == (epoch + 1) * steps_per_epoch
+            and isinstance(history, list) and len(history) == epoch + 1
+            and all(isinstance(h, dict) for h in history) and isinstance(state["images"], int)
+            and isinstance(state["train_seconds"], (int, float))):
+        raise _BadCheckpoint(f"it does not fit this fit of {epochs} epochs of {steps_per_epoch} steps")
 
 
 def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -328,10 +399,15 @@ def _feature_cache(model: nn.Module, train_ds: Dataset, eval_ds: Dataset | None,
 
 def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
     """What each optimizer step calls: the head alone on cached features, else the whole model
-    (compiled with ``cfg.compile``); applies the recipe's stochastic depth and zeroed head first."""
+    (compiled with ``cfg.compile``); applies the recipe's stochastic depth (or residual dropout) and
+    zeroed head first."""
     step_fn = model.head if features else model
+    if cfg.drop_path_rate and cfg.residual_dropout:
+        raise ValueError("drop_path_rate and residual_dropout both replace the blocks' drop_path1/drop_path2: set one")
     if cfg.drop_path_rate:
         set_drop_path(model, cfg.drop_path_rate)
+    if cfg.residual_dropout:
+        set_residual_dropout(model, cfg.residual_dropout)
     if cfg.zero_head:
         with torch.no_grad():
             for p in model.get_classifier().parameters():
@@ -340,12 +416,20 @@ def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
 
 
 def _resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator,
-            lr: _LrSteps) -> _Progress | None:
+            lr: _LrSteps, epochs: int, steps_per_epoch: int) -> _Progress | None:
     """The progress saved in the checkpoint at ``path``, with the trainable tensors, optimizer,
-    RNG states and lr schedule restored to where it was saved; None when there is no checkpoint."""
+    RNG states and lr schedule restored to where it was saved; None when there is no checkpoint,
+    or (with one warning line, the file removed) when it cannot be used: the fit starts afresh."""
     if not path or not Path(path).is_file():
         return None
-    state = _load_checkpoint(path, model, optimizer, generator)
+    try:
+        state = _load_checkpoint(path, model, optimizer, generator, epochs, steps_per_epoch)
+    except _BadCheckpoint as exc:
+        from .data.decoded_cache import remove_with_checksum
+
+        print(f"warning: checkpoint {path} not used: {exc}; the fit restarts from scratch", file=sys.stderr, flush=True)
+        remove_with_checksum(path)
+        return None
     progress = _Progress(**{f.name: state[f.name] for f in dataclasses.fields(_Progress)})
     lr.after_step(progress.step)
     return progress
@@ -422,7 +506,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, 0 if features else cfg.workers, device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     lr = _LrSteps(optimizer, cfg, len(loader))
-    progress = (_resume(cfg.checkpoint, model, optimizer, loader.generator, lr)
+    progress = (_resume(cfg.checkpoint, model, optimizer, loader.generator, lr, cfg.epochs, len(loader))
                 or _Progress(train_seconds=extract_seconds))
     result = FitResult(history=progress.history)
     bar = tqdm(total=cfg.epochs * len(loader), initial=progress.step, desc=cfg.desc or "train", leave=False,
@@ -443,5 +527,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     finally:
         bar.close()
     if cfg.checkpoint:
-        Path(cfg.checkpoint).unlink(missing_ok=True)
+        from .data.decoded_cache import remove_with_checksum
+
+        remove_with_checksum(cfg.checkpoint)
     return _measured(result, progress, device, wall_start)

@@ -6,6 +6,7 @@ a rerun resumes and many workers can share one study; ``bench.coordination`` div
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import TrialState
 
+from . import catalog
 from .coordination import GRACE_S, HEARTBEAT_S, RetryCallback
 from .errors import UserError, first_line
+from .identity import Cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,30 +45,35 @@ class TrialSeededTPE(BaseSampler):
         self.seed, self.kwargs = seed, kwargs
         self._number, self._tpe = None, None
 
-    def _for(self, trial) -> TPESampler:
+    def _for(self, study, trial) -> TPESampler:
         if trial.number != self._number:
             self._number = trial.number
-            self._tpe = TPESampler(seed=(self.seed * 1_000_003 + trial.number) % 2**32, **self.kwargs)
+            position = trial_position(study, trial)
+            self._tpe = TPESampler(seed=(self.seed * 1_000_003 + position) % 2**32, **self.kwargs)
         return self._tpe
 
     def infer_relative_search_space(self, study, trial):
-        return self._for(trial).infer_relative_search_space(study, trial)
+        return self._for(study, trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
-        return self._for(trial).sample_relative(study, trial, search_space)
+        return self._for(study, trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self._for(study, trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial) -> None:
-        self._for(trial).before_trial(study, trial)
+        self._for(study, trial).before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values) -> None:
-        self._for(trial).after_trial(study, trial, state, values)
+        self._for(study, trial).after_trial(study, trial, state, values)
 
 
 def default_storage_url(out: Path) -> str:
-    return f"sqlite:///{Path(out).resolve() / DEFAULT_STORAGE}"
+    """``sqlite:///<out>/optuna.db``; an ``out`` that no URL carries verbatim is a UserError
+    (``tracking.sqlite_url``)."""
+    from .tracking import sqlite_url
+
+    return sqlite_url(Path(out) / DEFAULT_STORAGE)
 
 
 def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
@@ -74,8 +82,8 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
     path without ``://``: a journal file (no heartbeat, so only workers of this host are found
     dead: fine on one machine, not across hosts)."""
     if url is None:
+        url = default_storage_url(out)  # first: a path no URL carries is refused before anything is made
         Path(out).mkdir(parents=True, exist_ok=True)
-        url = default_storage_url(out)
     if "://" not in url:
         path = Path(url)
         try:
@@ -123,17 +131,44 @@ def serialize_sqlite(storage: optuna.storages.RDBStorage) -> None:
     storage.engine.dispose()  # the connections that created the tables predate the listeners
 
 
-def study_name(suite: str, method: str, task: str, fixed: dict | None = None) -> str:
-    """``suite.method.task``; a method run with fixed hyperparameters (a variant, e.g. vpt with
-    mode=shallow) gets its own study: ``suite.method[mode=shallow].task``."""
-    variant = f"[{','.join(f'{k}={v}' for k, v in sorted(fixed.items()))}]" if fixed else ""
-    return f"{suite}.{method}{variant}.{task}"
+def sampler_seed(cell: Cell) -> int:
+    """TPE's seed for a cell's study: from the readable name versions before ``bench.identity``
+    gave studies (``suite[@backbone].method[fixed].task``), so that a study of the default protocol
+    draws the trials it drew before. Only the draws depend on it; the identity is the study's."""
+    e = cell.experiment
+    variant = dict(e.fixed, **({"drop_path_rate": e.drop_path_rate} if e.drop_path_rate else {}))
+    suite = e.suite if e.backbone == catalog.load_suite(e.suite).backbone else f"{e.suite}@{e.backbone}"
+    fixed = f"[{','.join(f'{k}={v}' for k, v in sorted(variant.items()))}]" if variant else ""
+    return int(hashlib.sha256(f"{suite}.{e.method}{fixed}.{cell.task}".encode()).hexdigest()[:8], 16)
 
 
-def open_study(storage, name: str, seed: int, warmup_epochs: int = 0, force: bool = False) -> tuple[optuna.Study, bool]:
-    """(the study, whether this call created it); ``force`` starts it afresh. Creating a study
-    name is atomic in every storage, so exactly one of many workers opening a new study together
-    gets ``created`` and does what must happen once (enqueue the recipe defaults, queue the fits).
+def trial_position(study: optuna.Study, trial) -> int:
+    """A trial's position in its study's budget: how many trials before it did not fail. On one
+    worker it equals the trial's number, except after an interruption: the failed trial and its
+    re-queued copy share the position, so the copy trains with the same seed and later trials
+    draw what they would have drawn."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state != TrialState.FAIL)
+
+
+def requeue(study: optuna.Study, trial) -> None:
+    """Fail a trial this worker cannot finish (Ctrl-C, a tracking server gone) and queue it again
+    with its parameters and user attributes, as the storage's retry callback does for a dead
+    worker's trial."""
+    RetryCallback()(study, study.tell(trial, state=TrialState.FAIL))
+
+
+IDENTITY_ATTR = "identity"  # a study's user attribute: its cell, ``Cell.to_dict()``
+ROLE_ATTR = "role"  # a study's user attribute: what its trials are
+ROLE_TUNING, ROLE_FINAL = "tuning", "final fits"
+
+
+def open_study(storage, name: str, seed: int, cell: Cell | None = None, role: str = ROLE_TUNING,
+               warmup_epochs: int = 0, force: bool = False) -> tuple[optuna.Study, bool]:
+    """(the study ``name``, whether this call created it); ``force`` starts it afresh. Creating a study name is atomic in every storage, so exactly one
+    of many workers opening a new study together gets ``created`` and does what must happen once
+    (enqueue the recipe defaults, queue the fits). The study of a ``cell`` (what the runner opens)
+    stores its whole identity and its ``role``; one whose stored identity differs is never used
+    (one line, exit 2).
 
     The pruner never prunes inside the lr warm-up: a trial reports its validation accuracy after
     every epoch (step = epoch index), and the first step it may be pruned at is ``warmup_epochs``,
@@ -146,15 +181,39 @@ def open_study(storage, name: str, seed: int, warmup_epochs: int = 0, force: boo
     kwargs = dict(study_name=name, storage=storage, sampler=TrialSeededTPE(seed=seed),
                   pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(warmup_epochs, 1)))
     try:
-        return optuna.create_study(direction="maximize", **kwargs), True
+        study = optuna.create_study(direction="maximize", **kwargs)
+        if cell is not None:
+            study.set_user_attr(IDENTITY_ATTR, cell.to_dict())
+            study.set_user_attr(ROLE_ATTR, role)
+        return study, True
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**kwargs), False
+        study = optuna.load_study(**kwargs)
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if cell is not None and stored is not None and stored != cell.to_dict():
+        raise UserError(f"Optuna study {name} holds another experiment ({Cell.from_dict(stored).to_json()}); "
+                        "rerun with --force to start it afresh")
+    return study, False
+
+
+def study_role(summary) -> str | None:
+    """``ROLE_TUNING`` or ``ROLE_FINAL`` for a study (or ``StudySummary``) this version wrote."""
+    return summary.user_attrs.get(ROLE_ATTR)
+
+
+def study_cell(summary) -> Cell | None:
+    """The cell a study (a ``Study`` or a ``StudySummary``) tunes or fits, read from its stored
+    identity; None for a study this version did not write."""
+    try:
+        return Cell.from_dict(summary.user_attrs.get(IDENTITY_ATTR))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def best_params(study: optuna.Study) -> tuple[dict, str]:
-    """Params of the best complete trial, or (empty, reason) when no trial completed."""
+    """Every hyperparameter the best complete trial trained with (its ``hparams`` record, derived
+    ones included), or (empty, reason) when no trial completed."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return {}, "no trial completed; recipe defaults used"
     best = max(complete, key=lambda t: (t.value, -t.number))
-    return dict(best.params), f"trial {best.number}"
+    return dict(best.user_attrs["hparams"]), f"trial {best.number}"

@@ -4,13 +4,12 @@ sufficed (best-so-far validation accuracy against the number of trials), and whi
 hyperparameters mattered (``optuna.importance``, fANOVA).
 
 Read only: a storage file that is not there is never created (``open_storage``). Studies are
-those of ``bench.tune.study_name``: ``suite.method.task``, ``suite.method[k=v,...].task`` for a
-variant, ``suite@backbone...`` on another backbone; claim studies (``claim:...``) and final-fit
-studies (``.../final``) are not tuning and are skipped. The recipe-default trial is the finished
-trial whose parameters are ``{**COMMON_DEFAULTS, **method defaults, **fixed}`` (what
-``Runner.defaults`` enqueues first); the tuned best is the best COMPLETE trial (highest value,
-ties to the lowest number). Only COMPLETE and PRUNED trials are finished; a pruned trial counts
-as a trial of the budget but has no value.
+found by the identity each stores (``bench.tune.study_cell``: a tuning study of the suite), never
+by their names; final-fit studies and studies of other versions are skipped. Rows are labelled as
+the leaderboard labels them (``identity.row_labels``, per backbone). The recipe-default trial is
+the one ``Runner`` enqueued first (user attribute ``recipe_default``); the tuned best is the best
+COMPLETE trial (highest value, ties to the lowest number). Only COMPLETE and PRUNED trials are
+finished; a pruned trial counts as a trial of the budget but has no value.
 
 The best-so-far plot is drawn here rather than with ``optuna.visualization.matplotlib``: that
 draws one study per figure on pyplot's global state, and a suite has one study per (method,
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,47 +92,13 @@ class StudyResult:
     importances: dict[str, float] = field(default_factory=dict)
 
 
-NAME = re.compile(r"(?P<prefix>.+)\.(?P<method>[A-Za-z0-9_]+)(?:\[(?P<fixed>[^\[\]]*)\])?")
+def is_default(trial) -> bool:
+    """Whether a trial ran the recipe defaults: the trial ``Runner`` enqueued first, or its copy
+    re-queued after an interruption (the user attributes travel with it)."""
+    return bool(trial.user_attrs.get("recipe_default"))
 
 
-def parse_name(name: str, suite, known_methods: set[str]) -> tuple[str, str, dict[str, str], str] | None:
-    """(method, task, fixed as strings, backbone) of a tuning study of ``suite``, else None."""
-    if name.startswith("claim:") or name.endswith("/final"):
-        return None
-    task = next((t for t in sorted(suite.tasks, key=len, reverse=True) if name.endswith("." + t)), None)
-    if task is None:
-        return None
-    m = NAME.fullmatch(name[:-len(task) - 1])
-    if m is None or m["method"] not in known_methods:
-        return None
-    prefix = m["prefix"]
-    if prefix == suite.name:
-        backbone = suite.backbone
-    elif prefix.startswith(suite.name + "@"):
-        backbone = prefix[len(suite.name) + 1:]
-    else:
-        return None
-    fixed = dict(kv.split("=", 1) for kv in m["fixed"].split(",") if "=" in kv) if m["fixed"] else {}
-    return m["method"], task, fixed, backbone
-
-
-def row_label(method: str, fixed: dict[str, str], backbone: str, suite_backbone: str) -> str:
-    """As the leaderboard names the row: ``lora (rank=4)``, with `` [backbone]`` off the suite's."""
-    label = method + (f" ({', '.join(f'{k}={v}' for k, v in sorted(fixed.items()))})" if fixed else "")
-    return label if backbone == suite_backbone else f"{label} [{backbone}]"
-
-
-def is_default(trial, defaults: dict) -> bool:
-    """Whether a trial ran the recipe defaults: its enqueued values (or, for a trial that was not
-    enqueued, its sampled ones) all equal the defaults. Compared as text: a fixed value comes
-    from the study name."""
-    values = trial.system_attrs.get("fixed_params") or trial.params
-    want = {k: str(v) for k, v in defaults.items()}
-    return bool(values) and all(k in want and str(v) == want[k] for k, v in values.items())
-
-
-def study_result(storage, name: str, label: str, method: str, task: str, defaults: dict,
-                 importances: bool = True) -> StudyResult:
+def study_result(storage, name: str, label: str, method: str, task: str, importances: bool = True) -> StudyResult:
     import optuna
     from optuna.trial import TrialState
 
@@ -142,7 +106,7 @@ def study_result(storage, name: str, label: str, method: str, task: str, default
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                     key=lambda t: t.number)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    default = next((t for t in trials if is_default(t, defaults)), None)
+    default = next((t for t in trials if is_default(t)), None)
     default_value = float(default.value) if default is not None and default.state == TrialState.COMPLETE else math.nan
     curve, best, best_at = [], math.nan, 0
     for i, t in enumerate(trials, start=1):
@@ -162,23 +126,26 @@ def study_result(storage, name: str, label: str, method: str, task: str, default
 
 def collect(storage, suite, importances: bool = True) -> tuple[list[StudyResult], int]:
     """The suite's tuning studies (sorted by label, then task) and how many other studies of the
-    storage were skipped."""
+    storage were skipped (final fits, other suites, other versions)."""
     import optuna
 
-    from .tune import COMMON_DEFAULTS
+    from .identity import row_labels
+    from .tune import ROLE_TUNING, study_cell, study_role
 
-    known = set(methods.names())
-    names = sorted(optuna.study.get_all_study_names(storage))
-    out, skipped = [], 0
-    for name in names:
-        parsed = parse_name(name, suite, known)
-        if parsed is None:
+    cells, skipped = {}, 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        cell = study_cell(summary) if study_role(summary) == ROLE_TUNING else None
+        if cell is None or cell.experiment.suite != suite.name or cell.task not in suite.tasks:
             skipped += 1
             continue
-        method, task, fixed, backbone = parsed
-        defaults = {**COMMON_DEFAULTS, **methods.get(method).defaults, **fixed}
-        label = row_label(method, fixed, backbone, suite.backbone)
-        out.append(study_result(storage, name, label, method, task, defaults, importances))
+        cells[summary.study_name] = cell
+    labels = {}
+    for backbone in {c.experiment.backbone for c in cells.values()}:
+        mine = sorted((n for n, c in cells.items() if c.experiment.backbone == backbone))
+        for e, label in row_labels([cells[n].experiment for n in mine]).items():
+            labels[e] = label if backbone == suite.backbone else f"{label} [{backbone}]"
+    out = [study_result(storage, name, labels[c.experiment], c.experiment.method, c.task, importances)
+           for name, c in sorted(cells.items())]
     order = {t: i for i, t in enumerate(suite.tasks)}
     return sorted(out, key=lambda r: (r.label, order[r.task])), skipped
 
@@ -296,7 +263,8 @@ def section(results: list[StudyResult], where: str, suite_name: str, title: str,
     """The tuning section's markdown lines and its PNG (``<suite>_tuning.png``)."""
     lines = [f"{level} Tuning (Optuna)", ""]
     if not results:
-        return lines + [f"Tuning analysis omitted: {where} holds no tuning study of this suite.", ""], {}
+        return lines + [f"Tuning analysis omitted: {where} holds no tuning study of this suite (of this version "
+                        "of bench: studies record their experiment since the identity was defined once).", ""], {}
     table = per_method(results)
     name = f"{suite_name}_tuning.png"
     png = plot_png(table, shortfall_curves(results), title)

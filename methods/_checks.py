@@ -6,12 +6,13 @@ from numbers import Integral, Real
 from typing import Any, Iterable
 
 
-def check_int(method: str, hp: dict[str, Any], key: str, lo: int, hi: int | None = None) -> None:
-    """``hp[key]`` must be an integer in [lo, hi] (no upper bound when ``hi`` is None)."""
+def check_int(method: str, hp: dict[str, Any], key: str, lo: int, hi: int | None = None, why: str = "") -> None:
+    """``hp[key]`` must be an integer in [lo, hi] (no upper bound when ``hi`` is None); ``why``
+    says where the bound comes from (e.g. the backbone's width)."""
     value = hp[key]
     if isinstance(value, bool) or not isinstance(value, Integral) or value < lo or (hi is not None and value > hi):
         valid = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{method}: {key} must be an integer {valid}, got {value!r}")
+        raise ValueError(f"{method}: {key} must be an integer {valid}, got {value!r}{f' ({why})' if why else ''}")
 
 
 def check_float(method: str, hp: dict[str, Any], key: str, lo: float, hi: float = math.inf,

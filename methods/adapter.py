@@ -95,6 +95,7 @@ class Adapter(Method):
         "scale": "fixed factor on the adapter output in parallel mode (number)",
     }
     mergeable = False  # the activation between down and up cannot be folded into a Linear
+    width_bounded = ("bottleneck",)
 
     def _check(self, hp: dict) -> None:
         check_choice(self.name, hp, "mode", MODES)

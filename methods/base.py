@@ -117,6 +117,20 @@ class Method:
         """Method-specific hyperparameters suggested from an ``optuna.Trial``."""
         return {}
 
+    # hyperparameters that are a width inside the backbone (a rank, a bottleneck): at most the
+    # narrowest block width of the backbone (``check_fits``)
+    width_bounded: tuple[str, ...] = ()
+
+    def check_fits(self, hp: dict[str, Any], layout) -> None:
+        """Raise ValueError naming the bound when a size in ``hp`` (resolved) cannot fit a backbone
+        of ``layout`` (``methods.families.Layout``): by default a ``width_bounded`` hyperparameter
+        above its narrowest block width. ``apply`` asks it, and `bench run`/`tune` ask it for the
+        --hparam values before anything is built or written (``--dry-run`` included)."""
+        from ._checks import check_int
+
+        for key in self.width_bounded:
+            check_int(self.name, hp, key, 1, layout.min_width, why="at most the backbone's width")
+
     # -- optimizer -------------------------------------------------------------------------
     decays_all: bool = False  # the official optimizer decays every tensor the method trains (see ``decays``)
 
@@ -139,6 +153,9 @@ class Method:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.check_family(model)
+        from .families import layout_of
+
+        self.check_fits(hp, layout_of(model))  # before the copy: an absurd size allocates nothing
         model = copy.deepcopy(model)
         model.requires_grad_(False)
         # The head first: its init draws the first random numbers after the caller's seed, so it

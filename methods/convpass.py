@@ -120,6 +120,7 @@ class Convpass(Method):
         "conv_init": "identity (official xavier_init=False: identity centre tap) or xavier; searched",
     }
     mergeable = False
+    width_bounded = ("dim",)
     families = ("vit",)
     unsupported_why = ("the bypass convolves the token grid beside the whole attention; timm's Swin block "
                        "exposes no sub-module that sees the (H, W) map")

@@ -164,6 +164,7 @@ class _FacT(Method):
                        "whole model; the official code (JieShibo/PETL-ViT FacT/) is for ViT only")
     ranks: list[int] = []
     tk = False
+    width_bounded = ("rank",)  # one width: FacT runs on ViTs only
 
     def _check(self, hp: dict) -> None:
         check_int(self.name, hp, "rank", 1)

@@ -71,6 +71,7 @@ class LoRA(Method):
         "alpha": "the update is scaled by alpha / r (number > 0)",
     }
     mergeable = True
+    width_bounded = ("rank",)
 
     def _check(self, hp: dict) -> None:
         check_int(self.name, hp, "rank", 1)

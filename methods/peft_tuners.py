@@ -29,6 +29,26 @@ Registered (exact counts on a randomly initialised ViT-B/16, without head, with 
 dora 322,560, vera 30,720, ia3 64,512, loha 589,824, lokr 21,504, fourierft 12,000. OFT and BOFT
 are left out: their counts change between peft versions, and BOFT silently changes without its
 CUDA extension.
+
+Placements that differ from the papers (deviations, not matched): timm fuses q, k and v into one
+``attn.qkv`` Linear, and peft 0.21's ``IA3Config``, ``VeraConfig`` and ``FourierFTConfig`` adapt
+whole ``nn.Linear`` modules (``target_modules``; none has a per-output-row option), so through
+peft's public API these tuners adapt all of q, k and v or none of them; adapting q and v only would
+need timm's qkv split into three Linears, which is not done here. On ViT-B/16:
+
+- ia3: the paper rescales keys, values and the MLP's inner activations (T-Few, r-three/t-few
+  ``configs/ia3.json`` at 5edc84b: ``"lora_layers": "k|v|wi_1.*"``):
+  12 x (768 + 768 + 3072) = 55,296; ours rescales the whole qkv output, q included:
+  12 x (2304 + 3072) = 64,512.
+- vera: the paper adapts q and v, each with its own d and b (24.6K in its ViT-B row):
+  12 x 2 x (256 + 768) = 24,576; ours one d and one b over the fused qkv: 12 x (256 + 2304) = 30,720,
+  its update reaching k too.
+- fourierft: the official code adapts q and v (Chaos96/fourierft ``experiments/ViT/exec.py`` at
+  1b660d1: ``target_modules=["query", "value"]``), one n-entry spectrum each: 2 x 12 x n (24,000 at
+  n = 1000; 72,000 at the paper's n = 3000); ours one spectrum over the fused 2304 x 768 qkv: 12 x n
+  (12,000), its n entries spread over q, k and v rows and its Fourier basis spanning all three.
+
+The other tuners here (dora, loha, lokr) also put one update on the fused qkv: q, k and v together.
 """
 from __future__ import annotations
 
@@ -169,6 +189,7 @@ class DoRA(PeftTuner):
     # r 16 / alpha 32 for its half-rank variant), and it studies the ranks 4 ... 64 (its
     # rank-robustness figure); peft's own default alpha is 8.
     RANKS = [4, 8, 16, 32, 64]
+    width_bounded = ("rank",)
 
     def _check(self, hp: dict) -> None:
         _rank_check(self, hp)
@@ -189,6 +210,10 @@ class VeRA(PeftTuner):
     shape (peft builds them at the largest shape, so Swin's per-stage widths are supported), and
     trainable vectors d (r, init ``d_initial``) and b (out, init 0), on the fused qkv.
 
+    Deviation: the paper adapts q and v, each with its own d and b (its ViT-B row: 24.6K =
+    12 x 2 x (256 + 768) = 24,576); on the fused qkv one d and one b (2304 rows: q, k and v) per
+    block give 12 x (256 + 2304) = 30,720 on ViT-B/16 (see the module docstring).
+
     The projections come from peft's own generator seeded with ``projection_prng_key``; here that key
     is drawn from torch's RNG (peft's default is the constant 0), so each run seed draws its own
     projections and a seed reproduces them. They are saved in the state_dict (peft's default
@@ -206,6 +231,12 @@ class VeRA(PeftTuner):
         check_int(self.name, hp, "rank", 1)
         check_float(self.name, hp, "d_initial", 0, lo_open=True)
 
+    def check_fits(self, hp: dict, layout) -> None:
+        # the shared projections A (r x width) and B (3 width x r) grow with r; beyond 4 x the width
+        # (the fused qkv's fan-in + fan-out) they hold more numbers than the layer they adapt
+        widest = max(layout.widths)
+        check_int(self.name, hp, "rank", 1, 4 * widest, why=f"at most 4 x the backbone's width {widest}")
+
     def search_space(self, trial) -> dict:
         # The paper's image-classification rows use r = 256 (24.6K parameters on ViT-B's q and v:
         # 12 x 2 x (768 + 256)), not searched; its initialisation ablation (Table 6c: d_init 1.0,
@@ -221,7 +252,10 @@ class VeRA(PeftTuner):
 class IA3(PeftTuner):
     """(IA)^3 (Liu et al., NeurIPS 2022): learned vectors that rescale the fused qkv's outputs and
     the MLP's fc2 inputs (fc2 as peft's feed-forward module, as the paper rescales the MLP's inner
-    activations), initialised to ones (the model is unchanged at init); peft ``IA3Config``."""
+    activations), initialised to ones (the model is unchanged at init); peft ``IA3Config``.
+
+    Deviation: the paper rescales k and v, not q (55,296 on ViT-B/16: 12 x (768 + 768 + 3072));
+    the fused qkv's scale covers q too: 12 x (2304 + 3072) = 64,512 (see the module docstring)."""
 
     name = "ia3"
     defaults: dict = {}
@@ -252,6 +286,7 @@ class LoHa(PeftTuner):
         "rank": "rank r of each of the two factor products (integer >= 1, at most the width)",
         "alpha": "the update is scaled by alpha / r (number > 0)",
     }
+    width_bounded = ("rank",)
 
     def _check(self, hp: dict) -> None:
         _rank_check(self, hp)
@@ -277,10 +312,11 @@ class LoKr(PeftTuner):
     name = "lokr"
     defaults = {"rank": 8, "alpha": 8, "factor": -1}
     help = {
-        "rank": "rank r of the second Kronecker factor (integer >= 1)",
+        "rank": "rank r of the second Kronecker factor (integer >= 1, at most the width)",
         "alpha": "the update is scaled by alpha / r (number > 0; the search sets alpha = r)",
         "factor": "size of the first Kronecker factor's dimensions (-1: balanced, else an integer >= 1)",
     }
+    width_bounded = ("rank",)
 
     def _check(self, hp: dict) -> None:
         _rank_check(self, hp)
@@ -306,7 +342,10 @@ class FourierFT(PeftTuner):
     peft ``FourierFTConfig``: coefficients standard normal (peft's and the paper's default, so the
     model changes at init), locations from peft's generator seeded with ``random_loc_seed``, here
     drawn from torch's RNG (peft's default is the constant 777; every layer of one shape shares
-    them, as in peft)."""
+    them, as in peft).
+
+    Deviation: the official code adapts q and v, one spectrum each (2 x 12 x n on ViT-B/16: 24,000 at
+    n = 1000); ours one spectrum over the fused qkv (12 x n: 12,000), see the module docstring."""
 
     name = "fourierft"
     defaults = {"n_frequency": 1000, "scaling": 300.0}
@@ -319,6 +358,10 @@ class FourierFT(PeftTuner):
     def _check(self, hp: dict) -> None:
         check_int(self.name, hp, "n_frequency", 1)
         check_float(self.name, hp, "scaling", 0, lo_open=True)
+
+    def check_fits(self, hp: dict, layout) -> None:
+        smallest = min(3 * w * w for w in layout.widths)  # the fused qkv is (3 width) x width
+        check_int(self.name, hp, "n_frequency", 1, smallest, why="at most the entries of the smallest fused qkv")
 
     def search_space(self, trial) -> dict:
         # The paper's ViT rows use n = 3000 and 10000 (on q and v) with scaling 300 for image

@@ -116,6 +116,12 @@ class RepAdapterMethod(Method):
     }
     mergeable = True
 
+    def check_fits(self, hp: dict, layout) -> None:
+        check_int(self.name, hp, "dim", hp["groups"], layout.min_width, why="at most the backbone's width")
+        bad = sorted({w for w in layout.widths if w % hp["groups"]})
+        if bad:
+            raise ValueError(f"{self.name}: groups must divide every block width; {hp['groups']} does not divide {bad}")
+
     def _check(self, hp: dict) -> None:
         check_choice(self.name, hp, "mode", MODES)
         check_int(self.name, hp, "groups", 1)

@@ -20,6 +20,7 @@ from .base import Method, register, replace_module
 from .families import layout_of
 
 MODES = ("deep", "shallow")
+MAX_PROMPTS = 1000  # 5x the longest prompt of VPT's paper (200); 1,000,000 exhausted 24 GB in `--dry-run`
 
 
 class PromptedBlock(nn.Module):
@@ -57,7 +58,7 @@ class VPT(Method):
     defaults = {"mode": "deep", "num_prompts": 10, "prompt_dropout": 0.1}
     help = {
         "mode": "deep (new prompts before every block) or shallow (prompts at the input only)",
-        "num_prompts": "prompt tokens per block (deep) or at the input (shallow), integer >= 1",
+        "num_prompts": "prompt tokens per block (deep) or at the input (shallow), integer in [1, 1000]",
         "prompt_dropout": "dropout on the prompt tokens, in [0, 1)",
     }
     mergeable = False  # the prompts are extra tokens, not a change of weights
@@ -67,6 +68,9 @@ class VPT(Method):
     def _check(self, hp: dict) -> None:
         check_choice(self.name, hp, "mode", MODES)
         check_int(self.name, hp, "num_prompts", 1)
+        check_int(self.name, hp, "num_prompts", 1, MAX_PROMPTS,
+                  why="each prompt is a token of every block's attention, whose cost grows with the square "
+                      "of the tokens; VPT's paper tries at most 200")
         check_float(self.name, hp, "prompt_dropout", 0, 1, hi_open=True)
 
     def search_space(self, trial) -> dict:

@@ -54,3 +54,22 @@ def images():
     import torch
 
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def find_study(storage, method: str, task: str, final: bool = False, **experiment):
+    """The tuning (or ``final``-fit) study of (method, task) a run opened, found by the identity it
+    stores (as `bench report` finds studies), never by its name; ``experiment``: fields the study's
+    experiment must also have (e.g. ``fixed=(("mode", "shallow"),)``, ``backbone="tiny_swin"``)."""
+    import optuna
+
+    from bench.tune import ROLE_FINAL, ROLE_TUNING, study_cell, study_role
+
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        cell = study_cell(summary)
+        if (cell is not None and study_role(summary) == (ROLE_FINAL if final else ROLE_TUNING)
+                and cell.experiment.method == method and cell.task == task
+                and all(getattr(cell.experiment, k) == v for k, v in experiment.items())):
+            found.append(summary.study_name)
+    assert len(found) == 1, f"{len(found)} studies of {method}/{task} {experiment}: {found}"
+    return optuna.load_study(study_name=found[0], storage=storage)

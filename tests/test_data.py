@@ -360,7 +360,8 @@ def test_memory_mapped_cache(fgvc_root, fgvc_suite, tmp_path, monkeypatch, count
     cache = tmp_path / "cache"
     mapped = open_split(fgvc_suite, "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)
     assert isinstance(mapped.images, decoded_cache.MappedImages)
-    assert [p.suffix for p in (cache / "decoded").iterdir()] == [".npy"]  # no partial file left
+    # the cache and its checksum; no partial file left
+    assert sorted("".join(p.suffixes) for p in (cache / "decoded").iterdir()) == [".npy", ".npy.sha256"]
     assert np.array_equal(np.asarray(mapped.images.array), in_memory.images)
     opens = len(count_opens)
     again = open_split(fgvc_suite, "cub_200_2011", "train+val", data_root=fgvc_root, cache_dir=cache)

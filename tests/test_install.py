@@ -208,10 +208,11 @@ def test_optuna_dashboard_opens_the_runs_storage(micro_run):
     try:
         studies = server.wait_for(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
         names = {s["study_name"]: s["study_id"] for s in studies}
-        assert sorted(names) == ["demo.linear.digits", "demo.linear.digits/final"]  # no bookkeeping studies
-        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{names['demo.linear.digits']}")
+        tuning, final = sorted(names)  # no bookkeeping studies: the readable name, its identity's hash
+        assert tuning.startswith("demo.linear.digits#") and final == tuning + "/final"
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{names[tuning]}")
         assert len(detail["trials"]) == 1 and detail["trials"][0]["state"] == "Complete"
-        fits = _get_json(f"http://127.0.0.1:{port}/api/studies/{names['demo.linear.digits/final']}")["trials"]
+        fits = _get_json(f"http://127.0.0.1:{port}/api/studies/{names[final]}")["trials"]
         attrs = {a["key"]: a["value"] for a in fits[0]["user_attrs"]}
         assert fits[0]["state"] == "Complete" and {"seed", "run_key", "mlflow_run_id"} <= set(attrs)
     finally:

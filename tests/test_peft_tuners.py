@@ -139,6 +139,31 @@ def test_ia3_scales_qkv_outputs_and_fc2_inputs(vit):
         torch.testing.assert_close(block.mlp.fc2(u), plain.mlp.fc2(u * lf))
 
 
+@pytest.mark.parametrize("name", ["ia3", "vera", "fourierft"])
+def test_the_stated_deviation_the_fused_qkv_changes_q_k_and_v(vit, name):
+    """The deviation methods/peft_tuners.py states: on timm's fused qkv these tuners change the rows
+    of q, k and v alike, where the papers adapt q and v (IA3: k and v); one vector or spectrum covers
+    all 3 x width rows (on ViT-B/16: 64,512 / 30,720 / 12,000 trainable against the papers' 55,296 /
+    24,576 / 24,000)."""
+    model = applied(name, vit, 0)
+    perturb(model)  # VeRA's b starts at zero, IA3's scales at one: move them
+    layer, plain = model.blocks[0].attn.qkv, vit.blocks[0].attn.qkv
+    trainable = {n: p for n, p in layer.named_parameters() if p.requires_grad}
+    width = 96
+    assert {n: p.numel() for n, p in trainable.items()} == {
+        "ia3": {"ia3_l.default": 3 * width},
+        "vera": {"vera_lambda_b.default": 3 * width, "vera_lambda_d.default": 256},
+        "fourierft": {"fourierft_spectrum.default": 1000},
+    }[name]
+    if name == "fourierft":  # the 1000 locations fall in the rows of all three projections
+        rows = layer.indices["default"][0]
+        assert {int(r) // width for r in rows} == {0, 1, 2}
+    h = torch.randn(2, 5, width)
+    with torch.no_grad():
+        change = (layer(h) - plain(h)).abs().reshape(-1, 3, width).amax(dim=(0, 2))  # q, k, v
+    assert bool((change > 1e-4).all()), change
+
+
 # -- the bridge: a further peft tuner is a few lines ----------------------------------------
 
 class _ProjFc1LoRA(peft_tuners.PeftTuner):

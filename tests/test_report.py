@@ -13,6 +13,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from bench import catalog, cli, report, tracking
+from bench.identity import Experiment
+
+EXPERIMENT_FIELDS = set(Experiment.__dataclass_fields__)
 
 _CLOCK = itertools.count(1_700_000_000_000, 1000)  # start times: later runs are written later
 
@@ -34,10 +37,20 @@ TINY = catalog.Suite(
 def log_run(client, exp_id, method, task, seed, acc, *, params_backbone, head=0, img_s=100.0, mem=500.0,
             mode=None, commit="abc123", phase=tracking.PHASE_FINAL, status="FINISHED", group="",
             params=None, tags=None):
-    """One run as the runner logs it: tags, params, end-of-run metrics, then its final status."""
+    """One run as the runner logs it: tags (its experiment's identity among them), params, end-of-run
+    metrics, then its final status. ``params`` that are fields of ``Experiment`` (``_identity``)
+    set the run's experiment; the rest are logged as params."""
     start = next(_CLOCK)
+    params = dict(params or {})
+    fields = {k: params.pop(k) for k in list(params) if k in EXPERIMENT_FIELDS}
+    if mode and mode != report.DEFAULT_MODE.get(method):  # as `--hparam vpt.mode=shallow` records it
+        fields["fixed"] = (*fields.get("fixed", ()), ("mode", mode))
+    suite = client.get_experiment(exp_id).name.removeprefix(tracking.EXPERIMENT_PREFIX)
+    backbone = TINY.backbone if suite == "tiny" else catalog.load_suite(suite).backbone
+    experiment = Experiment(**{**_identity_fields(), "suite": suite, "backbone": backbone, **fields,
+                               "method": method})
     tags = {"phase": phase, "suite": "x", "method": method, "task": task, "group": group,
-            "seed": str(seed), "git_commit": commit, **(tags or {})}
+            "seed": str(seed), "git_commit": commit, tracking.EXPERIMENT_TAG: experiment.to_json(), **(tags or {})}
     run_id = client.create_run(exp_id, start_time=start, tags=tags).info.run_id
     params = ([Param("method", method), Param("seed", str(seed))] + ([Param("mode", mode)] if mode else [])
               + [Param(k, str(v)) for k, v in (params or {}).items()])
@@ -49,6 +62,11 @@ def log_run(client, exp_id, method, task, seed, acc, *, params_backbone, head=0,
     if status != "RUNNING":
         client.set_terminated(run_id, status, end_time=start + 500)
     return run_id
+
+
+def _identity_fields(epochs=4, weights="a" * 64) -> dict:
+    return {"suite": "tiny", "backbone": "demo", "weights_sha256": weights, "epochs": epochs,
+            "warmup_epochs": 1, "batch_size": 64, "trials": 2, "drop_path_rate": 0.0}
 
 
 def log_cells(client, exp_id, method, table, heads, **kw):
@@ -133,6 +151,20 @@ def no_checkout(monkeypatch):
     monkeypatch.setattr(tracking, "git_commit", lambda: "unknown")
 
 
+RELEASE = "a" * 64  # the weights most runs here log: the suites' paper release in these tests
+
+
+@pytest.fixture(autouse=True)
+def released(monkeypatch):
+    """The real suites list ``RELEASE`` as the SHA-256 of the published rows' weights file, so runs on
+    it get the paper column (``test_other_weights_get_a_note_instead_of_the_paper_column``: not)."""
+    import dataclasses
+
+    real = catalog.load_suite
+    monkeypatch.setattr(catalog, "load_suite", lambda name: dataclasses.replace(
+        real(name), paper_weights_sha256=(RELEASE,)) if name in ("vtab1k", "fgvc") else real(name))
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     """The catalog knows the tiny suite too (only for load_suite; it is not a listed suite)."""
@@ -163,11 +195,10 @@ def render(capsys, store, tmp_path, suite):
 # full's digits seed 3 FAILED and was never redone: "§" and a note; full's means are not ranked.
 # linear's throughput (a linear probe) is never ranked. vpt shallow (not the default mode) is its own row.
 # Not counted: the superseded 10.0, the FAILED and RUNNING final runs and the trial (all 99.9).
-# Avg rank: full, vpt, vpt (mode=shallow), linear rank 1, 2, 3, 4 on every task (lora misses dist: not
-# compared, "-"); 4 tasks < 5: the tests are omitted, with the reason. 95% CI of full's mean: each 2-seed
-# cell resamples to (x1, mean, x2) with (1/4, 1/2, 1/4); the mean moves by (a + 2b + 2c) / 4 with a, b, c in
-# {-1, 0, 1} (digits ±1, textures and dist ±2, count 0): P(-5/4) = 1/64 < 2.5% < P(<= -1) = 3/64, so the CI is
-# 68.75 ∓ 1.0 = [67.75, 69.75] -> [67.8, 69.8]; a single-seed row's CI is its mean twice.
+# Avg rank: lora misses dist and full has a failed seed: neither is ranked ("-"; the statistics section names
+# both); vpt, vpt (mode=shallow), linear rank 1, 2, 3 on every task; 4 tasks < 5: the tests are omitted, with
+# the reason.
+# 95% CI (seeds): every row has at most 2 seeds per cell, so "-" everywhere (no interval below 3 seeds).
 # Pareto fronts among ranked rows (full has a failed seed, lora misses a task; linear is never on the
 # throughput front): params linear < vpt (mode=shallow) < vpt; throughput 130 (shallow) then 120 (vpt).
 EXPECTED_TINY = """\
@@ -175,13 +206,13 @@ EXPECTED_TINY = """\
 
 Rendered by `bench report` from 34 finished final runs on backbone `demo` in the MLflow experiment `peft-bench/tiny` (5 rows, 4 tasks). Current commit: abc123.
 
-| Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | 95% CI       | Avg rank   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
-|--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|--------------|------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
-| full               | 2       | 91.0 ± 1.4 §   | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | 68.8             | [67.8, 69.8] | **1.00**   | 68.8                    | 1.000                 | 1.025                    | 0.659     | 100.0         | 900             |
-| linear             | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | [52.6, 53.4] | 4.00       | 53.0                    | **0.000**             | **0.025**                | 0.529     | 400.0         | **300**         |
-| lora ‡             | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | [75.0, 76.3] | -          | 72.5                    | 0.050                 | 0.070                    | 0.754     | **150.0**     | 700             |
-| vpt                | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | **63.0**         | [62.6, 63.4] | 2.00       | **63.0**                | 0.020                 | 0.045                    | **0.629** | 120.0         | 800             |
-| vpt (mode=shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | [61.5, 61.5] | 3.00       | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
+| Method             | Seeds   | digits         | textures       | Natural mean   | count          | dist           | Structured mean   | Mean (4 tasks)   | 95% CI (seeds)   | Avg rank   | Mean of 2 group means   | Params (M, no head)   | Params (M, with heads)   | PPT       | Train img/s   | Peak mem (MB)   |
+|--------------------|---------|----------------|----------------|----------------|----------------|----------------|-------------------|------------------|------------------|------------|-------------------------|-----------------------|--------------------------|-----------|---------------|-----------------|
+| full               | 2       | 91.0 ± 1.4 §   | **72.0 ± 2.8** | 81.5           | 60.0 ± 0.0     | **52.0 ± 2.8** | **56.0**          | 68.8             | -                | -          | 68.8                    | 1.000                 | 1.025                    | 0.659     | 100.0         | 900             |
+| linear             | 2       | 80.5 ± 0.7     | 60.5 ± 0.7     | 70.5           | 41.0 ± 1.4     | 30.0 ± 0.0     | 35.5              | 53.0             | -                | 3.00       | 53.0                    | **0.000**             | **0.025**                | 0.529     | 400.0         | **300**         |
+| lora ‡             | 2       | **92.0 ± 1.4** | **72.0 ± 0.0** | **82.0**       | **63.0 ± 1.4** | -              | 63.0              | 75.7             | -                | -          | 72.5                    | 0.050                 | 0.070                    | 0.754     | **150.0**     | 700             |
+| vpt                | 2       | 85.5 ± 0.7     | 65.5 ± 0.7     | 75.5           | 55.5 ± 0.7     | 45.5 ± 0.7     | 50.5              | **63.0**         | -                | **1.00**   | **63.0**                | 0.020                 | 0.045                    | **0.629** | 120.0         | 800             |
+| vpt (mode=shallow) | 1       | 84.0           | 64.0           | 74.0           | 54.0           | 44.0           | 49.0              | 61.5             | -                | 2.00       | 61.5                    | 0.002                 | 0.027                    | 0.614     | 130.0         | 750             |
 
 - Cells: top-1 test accuracy (%) at the last epoch, mean ± sample std (ddof=1) over seeds; a single seed shows its value alone. Seeds: seeds per cell (a range when the row's cells differ). A (method, task, seed) fitted more than once counts once: its latest run.
 - Mean (4 tasks): mean over the task columns; Natural mean, Structured mean: mean over the group's task columns; Mean of 2 group means: mean of those 2. A method's means are over the tasks it has runs for.
@@ -190,8 +221,8 @@ Rendered by `bench report` from 34 finished final runs on backbone `demo` in the
 - Train img/s: training images per second of training wall time (a linear probe's includes its one pass of feature extraction per split, then trains the head on cached features: not comparable with backpropagating methods, so never ranked); Peak mem (MB): peak memory (GPU only); both averaged over the method's runs.
 - Bold: the best value of each column of ours (highest accuracy, PPT and throughput; lowest params and memory); a mean over fewer tasks (‡) or with failed seeds (§) is not ranked.
 - Rows named 'method (...)' are experiments other than the suite's main one (that of most final runs): what differs is in the brackets (fixed hyperparameters, protocol, weights, data); their runs never join another row's cells.
-- 95% CI: of Mean (4 tasks), from a percentile bootstrap over each cell's seeds (4000 resamples, fixed seed): the spread the seeds leave on the mean of these tasks. A cell with one seed adds none, so a row of single seeds shows its mean twice.
-- Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every task, averaged over the tasks; '-' for a row that misses a task (see the statistics section).
+- 95% CI (seeds): an interval over seeds for Mean (4 tasks): per seed, the row's mean over its tasks with that seed; the 95% t-interval of their mean (n seeds, n − 1 degrees of freedom). It says how far Mean would move if the row were rerun with other seeds, the tasks fixed; it is not about other tasks (the statistics section is). '-' with fewer than 3 seeds per cell (a 2-seed percentile bootstrap is about 30% too narrow, a 2-seed t-interval has one degree of freedom, and one seed has no spread to measure) or where the row's cells do not all have the same seeds (a failed seed, §).
+- Avg rank: the row's rank on each task (1 = best, ties averaged) among the rows that have every task and every seed, averaged over the tasks; '-' for a row that misses a task (‡) or has a failed seed (§): those are left out of the ranks and the tests (see the statistics section).
 - ‡ lora: no finished final run for dist; its means are over 3 of 4 tasks.
 - § full/digits: 1 seed(s) failed and not redone: seed 3 (no reason recorded); the cell is over the seeds that finished.
 - Not counted: 1 final run(s) superseded by a later run of the same experiment, method, task and seed.
@@ -200,7 +231,9 @@ Rendered by `bench report` from 34 finished final runs on backbone `demo` in the
 
 Not compared (no final run for every task shown): lora.
 
-Compared: 4 rows on the 4 tasks they all have. Avg rank: the mean over tasks of the row's rank on the task (1 = the highest cell; ties share the average rank).
+Not compared (a seed's final fit failed and was not redone, § in the leaderboard: a cell over the surviving seeds is no contest): full.
+
+Compared: 3 rows on the 4 tasks they all have. Avg rank: the mean over tasks of the row's rank on the task (1 = the highest cell; ties share the average rank).
 
 Tests omitted: the compared rows share 4 task(s); tests over tasks need at least 5 (a Wilcoxon test over 4 tasks cannot reach p < 0.125).
 
@@ -379,8 +412,8 @@ def test_unreadable_store_is_one_line(capsys, tmp_path):
 # --------------------------------------------------------------------------- issue 11: trust
 
 def _identity(epochs=4, weights="a" * 64, data=None, **extra):
-    return {"epochs": epochs, "warmup_epochs": 1, "batch_size": 64, "trials": 2, "backbone": "demo",
-            "weights_sha256": weights, "data_sha256": data or "d" * 64, **extra}
+    """A run's experiment fields (and its data hash) as ``log_run`` takes them in ``params``."""
+    return {**_identity_fields(epochs, weights), "data_sha256": data or "d" * 64, **extra}
 
 
 @pytest.fixture
@@ -398,8 +431,7 @@ def mixed_store(tmp_path):
             log_run(client, exp, "lora", task, seed, acc, params_backbone=100, params=_identity())
             log_run(client, exp, "full", task, seed, 70.0, params_backbone=1000, params=_identity())
     log_run(client, exp, "lora", "digits", 1, 10.0, params_backbone=100, params=_identity(epochs=1))
-    log_run(client, exp, "lora", "digits", 1, 20.0, params_backbone=50, params=_identity(),
-            tags={tracking.EXPERIMENT_TAG: json.dumps({"fixed": {"rank": 4}})})
+    log_run(client, exp, "lora", "digits", 1, 20.0, params_backbone=50, params=_identity(fixed=(("rank", 4),)))
     log_run(client, exp, "lora", "digits", 2, 30.0, params_backbone=100, params=_identity(weights="b" * 64))
     log_run(client, exp, "lora", "count", 2, 40.0, params_backbone=100, params=_identity(data="e" * 64))
     log_run(client, exp, "lora", "count", 1, 5.0, params_backbone=100, params=_identity(weights="none"))
@@ -484,7 +516,26 @@ def test_variant_methods_and_their_default_modes_come_from_the_registry():
 # --------------------------------------------------------------------------- issue 14: backbones
 
 def _on(backbone):
-    return {"backbone": backbone, "weights_sha256": backbone[:1] * 64}
+    return {"backbone": backbone, "weights_sha256": RELEASE if backbone == "vit_base_patch16_224" else "l" * 64}
+
+
+def test_other_weights_get_a_note_instead_of_the_paper_column(tmp_path, capsys):
+    """Issue 25: on the suite's own backbone, only runs on the published rows' weights file (its
+    SHA-256 in the catalog) get the paper column and Δ; a row on other weights gets a note."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(tracking.experiment_name("vtab1k"))
+    for seed in (1, 2, 3):  # most runs: the release, the board's main weights
+        log_run(client, exp, "lora", "cifar", seed, 70.0, params_backbone=294_912)
+    for seed in (1, 2):
+        log_run(client, exp, "full", "cifar", seed, 60.0, params_backbone=85_798_656,
+                params={"weights_sha256": "c" * 64})
+    md = render(capsys, uri, tmp_path / "out", "vtab1k")
+    rows = first_table(md)
+    assert rows["lora"]["paper"] == "72.3" and rows["lora"]["Δ"] == "**+2.9**"
+    assert rows["full (weights=cccccccc)"]["paper"] == "-" and rows["full (weights=cccccccc)"]["Δ"] == "-"
+    assert ("No paper column or Δ for full (weights=cccccccc): the published rows were measured with the "
+            "original ImageNet-21k release (ViT-B_16.npz); these runs used other weights") in md
 
 
 def test_each_backbone_gets_its_own_leaderboard_and_only_the_suites_is_compared(tmp_path, capsys):

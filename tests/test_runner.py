@@ -16,7 +16,9 @@ from bench import protocol, spec as spec_mod, tune
 from bench import tracking, train
 from bench.cli import main
 from bench.errors import UserError
+from bench.identity import Experiment
 from bench.split_guard import ProtocolError, SplitGuard
+from conftest import find_study
 
 TASKS = "digits,count"
 
@@ -35,7 +37,7 @@ def final_runs(out, status="FINISHED"):
 
 def study(out, method, task):
     storage = tune.open_storage(None, out)
-    return optuna.load_study(study_name=f"demo.{method}.{task}", storage=storage)
+    return find_study(storage, method, task)
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +356,7 @@ def test_a_fixed_variant_gets_its_own_study_and_runs(tmp_path):
     (run,) = final_runs(tmp_path)
     assert run.data.params["mode"] == "shallow"
     storage = tune.open_storage(None, tmp_path)
-    trials = optuna.load_study(study_name="demo.vpt[mode=shallow].count", storage=storage).trials
+    trials = find_study(storage, "vpt", "count", fixed=(("mode", "shallow"),)).trials
     assert len(trials) == 2
 
 
@@ -365,7 +367,8 @@ def test_bench_tune_runs_one_study_and_prints_its_best_params(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     best = json.loads(out[out.index("{"):])
-    assert best["study"] == "demo.lora.count"
+    assert best["study"] == study(tmp_path, "lora", "count").study_name
+    assert best["study"].startswith("demo.lora.count#")
     assert set(best["params"]) == {"lr", "weight_decay", "rank", "alpha"}
     assert len(study(tmp_path, "lora", "count").trials) == 2
     assert final_runs(tmp_path) == []  # tuning only: no final fit, the test split untouched
@@ -409,11 +412,13 @@ def test_a_run_on_another_backbone_records_it_tunes_apart_and_normalises_as_it(t
     assert main(args) == 0
     (run,) = final_runs(tmp_path)
     assert run.data.params["backbone"] == "tiny_swin"
-    assert '"backbone": "tiny_swin"' in run.data.tags[tracking.EXPERIMENT_TAG]
+    assert Experiment.from_json(run.data.tags[tracking.EXPERIMENT_TAG]).backbone == "tiny_swin"
     assert set(seen) == {(tiny.mean, tiny.std)}
     storage = tune.open_storage(None, tmp_path)
-    studies = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    assert studies == ["demo@tiny_swin.lora.count", "demo@tiny_swin.lora.count/final"]  # the demo backbone's study is demo.lora.count
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 2  # the tuning and final-fit studies of tiny_swin's experiment, nothing else
+    assert find_study(storage, "lora", "count", backbone="tiny_swin").study_name.startswith("demo.lora.count#")
+    assert find_study(storage, "lora", "count", final=True, backbone="tiny_swin")
 
 
 def test_method_sets_partition_the_registry():

@@ -7,6 +7,8 @@ test_checkpointed_fit_resumes_mid_run_with_the_same_numbers``; one backbone pass
 the probe: ``test_runner.py::test_linear_probe_trains_on_cached_features``.)"""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
@@ -81,7 +83,8 @@ def test_resumed_paper_schedule_gives_the_uninterrupted_numbers(backbone, tmp_pa
     ckpt = tmp_path / "fit.pt"
     with pytest.raises(KeyboardInterrupt):
         run(str(ckpt), stop=True)
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)  # tensors and plain values only: nothing in it runs code
+    assert ckpt.with_name("fit.pt.sha256").read_text().strip() == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert (saved["epoch"], saved["step"], len(saved["history"]), saved["images"]) == (1, 6, 2, 48)
     resumed, resumed_state = run(str(ckpt))
     assert resumed.history == [dict(h, data_wait_frac=r["data_wait_frac"])
@@ -89,7 +92,7 @@ def test_resumed_paper_schedule_gives_the_uninterrupted_numbers(backbone, tmp_pa
     assert resumed.eval_acc == straight.eval_acc
     for key in straight_state:
         assert torch.equal(resumed_state[key], straight_state[key]), key
-    assert not ckpt.exists()
+    assert not ckpt.exists() and not ckpt.with_name("fit.pt.sha256").exists()
 
 
 def _drop_probs(model) -> list[float]:

@@ -1,6 +1,6 @@
 """Issue 15, tuning analysis: the recipe-default trial against the tuned best, best-so-far
 against the number of trials, importances, on small Optuna storages made here the way the runner
-names and fills its studies; which storage `bench report` reads, and that it never creates one."""
+opens and fills its studies (identified by the experiment each stores, never by name); which storage `bench report` reads, and that it never creates one."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 import methods
 from bench import catalog, cli, tracking, tuning_analysis
-from bench.tune import COMMON_DEFAULTS, open_storage, study_name
+from bench.identity import Experiment
+from bench.tune import COMMON_DEFAULTS, ROLE_FINAL, ROLE_TUNING, open_storage, open_study
 
 DEMO = catalog.load_suite("demo")
 SPACE = {"lr": FloatDistribution(5e-5, 5e-2, log=True), "weight_decay": FloatDistribution(1e-5, 1e-1, log=True),
@@ -25,10 +26,17 @@ def defaults(method: str, fixed: dict | None = None) -> dict:
     return {**COMMON_DEFAULTS, **methods.get(method).defaults, **(fixed or {})}
 
 
-def run_trial(study, params: dict, value: float | None, state=TrialState.COMPLETE) -> None:
+def cell(method: str, task: str, fixed: dict | None = None, backbone: str = DEMO.backbone, suite: str = "demo"):
+    """The cell a runner's study of this (method, task) stores (``Runner.cell``)."""
+    return Experiment(suite=suite, backbone=backbone, weights_sha256="w" * 64, method=method,
+                      fixed=tuple((fixed or {}).items()), epochs=4, warmup_epochs=1, batch_size=32,
+                      trials=4, drop_path_rate=0.0).on(task, "d" * 64)
+
+
+def run_trial(study, params: dict, value: float | None, state=TrialState.COMPLETE, first: bool = False) -> None:
     """Enqueue ``params``, ask, suggest the searched ones (a fixed variant value is not searched),
-    tell: the path of a runner trial."""
-    study.enqueue_trial(params)
+    tell: the path of a runner trial; ``first``: the recipe-default trial the runner enqueues."""
+    study.enqueue_trial(params, user_attrs={"recipe_default": True} if first else None)
     trial = study.ask()
     for name, dist in SPACE.items():
         if name in params:
@@ -50,31 +58,34 @@ def fill(storage) -> None:
     demo.vpt[mode=shallow].digits: default (with the fixed mode) 30, then 40 -> gap +10, best at 2 of 2.
     demo@vit_base_patch16_224.lora.digits: another backbone, default pruned: no gap, best 20.
     """
-    def study(name):
-        return optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    def study(c, final=False):
+        return open_study(storage, c.study_name() + ("/final" if final else ""), 0, c,
+                          ROLE_FINAL if final else ROLE_TUNING)[0]
 
     lora = defaults("lora")
     other = {**lora, "lr": 0.01, "rank": 4}
-    s = study(study_name("demo", "lora", "digits"))
-    run_trial(s, lora, 50.0)
+    s = study(cell("lora", "digits"))
+    run_trial(s, lora, 50.0, first=True)
     run_trial(s, other, 60.0)
     run_trial(s, {**other, "lr": 0.02}, None, TrialState.PRUNED)
     run_trial(s, {**other, "lr": 0.03}, 55.0)
     run_trial(s, {**other, "lr": 0.04}, None, TrialState.FAIL)  # not finished: never counted
-    s = study(study_name("demo", "lora", "textures"))
-    run_trial(s, lora, 70.0)
+    s = study(cell("lora", "textures"))
+    run_trial(s, lora, 70.0, first=True)
     run_trial(s, other, 65.0)
     shallow = defaults("vpt", {"mode": "shallow"})
-    s = study(study_name("demo", "vpt", "digits", {"mode": "shallow"}))
-    run_trial(s, shallow, 30.0)
+    s = study(cell("vpt", "digits", {"mode": "shallow"}))
+    run_trial(s, shallow, 30.0, first=True)
     run_trial(s, {**shallow, "lr": 0.01, "num_prompts": 20}, 40.0)
-    s = study(study_name("demo@vit_base_patch16_224", "lora", "digits"))
-    run_trial(s, lora, None, TrialState.PRUNED)
+    s = study(cell("lora", "digits", backbone="vit_base_patch16_224"))
+    run_trial(s, lora, None, TrialState.PRUNED, first=True)
     run_trial(s, other, 20.0)
-    # not tuning studies of the demo suite: a claim, a final-fit study, another suite, an unknown task
-    for name in ("claim:demo.lora.digits/trial0#0", "demo.lora.digits/final", "vtab1k.lora.cifar",
-                 "demo.lora.nosuchtask"):
-        run_trial(study(name), lora, 99.0)
+    # not tuning studies of the demo suite: a final-fit study, another suite, a task the suite does
+    # not have, and a study of an older version (no stored identity) named as those were
+    run_trial(study(cell("lora", "digits"), final=True), lora, 99.0)
+    run_trial(study(cell("lora", "cifar", suite="vtab1k")), lora, 99.0)
+    run_trial(study(cell("lora", "nosuchtask")), lora, 99.0)
+    run_trial(optuna.create_study(study_name="demo.lora.digits", storage=storage, direction="maximize"), lora, 99.0)
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +142,16 @@ def test_the_section_and_its_plot(journal):
     assert tuning_analysis.section(again, "`optuna.journal`", "demo", "Demo") == (lines, pngs)  # deterministic
 
 
-def test_is_default_from_params_when_not_enqueued():
+def test_the_default_trial_is_the_one_the_runner_enqueued_not_a_text_match():
+    """The defaults trial is marked by the runner, not recognised by comparing values as text (a
+    fixed value read back from a study name was a string, so 0.5 and "0.5" had to be equated)."""
     lora = defaults("lora")
-    plain = optuna.trial.create_trial(params=lora, distributions={k: SPACE[k] for k in lora}, value=1.0)
-    assert tuning_analysis.is_default(plain, lora)
-    moved = optuna.trial.create_trial(params={**lora, "rank": 4}, distributions={k: SPACE[k] for k in lora},
-                                      value=1.0)
-    assert not tuning_analysis.is_default(moved, lora)
+    dists = {k: SPACE[k] for k in lora}
+    marked = optuna.trial.create_trial(params={**lora, "rank": 4}, distributions=dists, value=1.0,
+                                       user_attrs={"recipe_default": True})
+    assert tuning_analysis.is_default(marked)
+    same_values = optuna.trial.create_trial(params=lora, distributions=dists, value=1.0)
+    assert not tuning_analysis.is_default(same_values)  # sampled onto the defaults: still a tuned trial
 
 
 def test_default_storage_prefers_sqlite_then_journal_and_creates_nothing(tmp_path):
@@ -163,7 +177,8 @@ def demo_store(tmp_path):
     exp = tracking.experiment_id(client, "demo")
     for method, acc in (("lora", 60.0), ("vpt", 40.0)):
         tags = {"phase": tracking.PHASE_FINAL, "suite": "demo", "method": method, "task": "digits",
-                "group": "Natural", "seed": 1, "git_commit": "abc"}
+                "group": "Natural", "seed": 1, "git_commit": "abc",
+                tracking.EXPERIMENT_TAG: cell(method, "digits").experiment.to_json()}
         with tracking.TrackedRun(client, exp, method, tags, {"method": method, "backbone": "demo"}) as run:
             run.log_metrics({tracking.TEST_ACC: acc, tracking.PARAMS_BACKBONE: 100, tracking.PARAMS_TOTAL: 110})
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -5,12 +5,15 @@ and kept for the process's later opens of the same files (least recently used dr
 A larger one goes to a memory-mapped ``.npy`` under the cache folder, named by a hash of the
 decoder and the file list (paths, sizes, modification times): it is written under a temporary
 name and renamed when complete, so an interrupted run never leaves a half-written cache, and a
-later run with the same files maps it without decoding anything.
+later run with the same files maps it without decoding anything. Its SHA-256 is written beside it
+(``<key>.npy.sha256``) and checked when a process first maps it: a zeroed, truncated or
+overwritten cache is decoded again (one warning line), never trained on.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +27,7 @@ MEMORY_BUDGET_ENV = "BENCH_DATA_MEMORY_MB"
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
 DEFAULT_MEMORY_MB = 2048
 _in_memory: OrderedDict[str, np.ndarray] = OrderedDict()  # this process's decoded splits, most recent last
+_verified: set[tuple] = set()  # memory-mapped caches this process checked: (path, inode, size, mtime, ctime)
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +64,61 @@ class MappedImages:
         return {"path": self.path, "_array": None}
 
 
+# --------------------------------------------------------------------------- checksums
+# Every file the tool writes and later trusts (a decoded-image cache, a fit's checkpoint) gets its
+# SHA-256 beside it, ``<name>.sha256``, written before the file is renamed into place and checked
+# before it is used: a zeroed, truncated or overwritten file is rebuilt or restarted, never used.
+CHECKSUM_SUFFIX = ".sha256"
+_CHUNK = 16 * 2**20
+
+
+def checksum_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def sha256_of(source: str | Path | bytes) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks, or of ``bytes``."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(source).hexdigest()
+    h = hashlib.sha256()
+    with open(source, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksum(path: str | Path, of: str | Path | None = None) -> None:
+    """Write ``<path>.sha256``: the SHA-256 of ``of`` (the finished temp file about to be renamed to
+    ``path``), else of ``path``; atomically, so a reader finds the old checksum or the new one."""
+    target = checksum_path(path)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(sha256_of(of if of is not None else path) + "\n")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checksum_problem(path: str | Path, data: bytes | None = None) -> str | None:
+    """None when ``path`` (or its already read ``data``) matches the checksum beside it; else what is
+    wrong, in a few words."""
+    try:
+        expected = checksum_path(path).read_text().strip()
+    except OSError:
+        return "it has no checksum beside it"
+    try:
+        actual = sha256_of(data if data is not None else path)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    return None if actual == expected else "its checksum does not match (corrupted or overwritten)"
+
+
+def remove_with_checksum(path: str | Path) -> None:
+    Path(path).unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
 def decode_all(paths: Sequence[Path], where: Sequence[str], decode: Callable, size: int,
                cache_dir: str | Path | None = None, desc: str = "decoding"):
     """All images of ``paths`` decoded by ``decode`` to (N, 3, size, size) uint8, in memory or memory-mapped.
@@ -82,9 +141,11 @@ def decode_all(paths: Sequence[Path], where: Sequence[str], decode: Callable, si
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     final = folder / "decoded" / f"{key}.npy"
     if final.is_file():
-        mapped = MappedImages(final)
-        if mapped.array.shape == shape and mapped.array.dtype == np.uint8:
-            return mapped
+        problem = _verify(final, shape)
+        if problem is None:
+            return MappedImages(final)
+        print(f"warning: decoded-image cache {final} not used: {problem}; decoding the images again",
+              file=sys.stderr, flush=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f"{final.stem}.partial-{os.getpid()}.npy")
     try:
@@ -92,10 +153,39 @@ def decode_all(paths: Sequence[Path], where: Sequence[str], decode: Callable, si
         _fill(images, paths, where, decode, desc)
         images.flush()
         del images
+        write_checksum(final, of=partial)  # before the rename: a crash between them is a mismatch, i.e. a rebuild
         os.replace(partial, final)
+        _verified.add(_stamp(final))
     finally:
         partial.unlink(missing_ok=True)
     return MappedImages(final)
+
+
+def _stamp(path: Path) -> tuple:
+    st = os.stat(path)
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _verify(path: Path, shape: tuple) -> str | None:
+    """None when the cache at ``path`` matches its checksum and holds uint8 images of ``shape``;
+    else what is wrong. Hashing reads the whole file once per process (and file version): the
+    first run that opens the cache pays it, at disk speed."""
+    try:
+        stamp = _stamp(path)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if stamp not in _verified:
+        problem = checksum_problem(path)
+        if problem:
+            return problem
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"it is not a readable array ({exc})"
+        if array.shape != shape or array.dtype != np.uint8:
+            return f"it holds {array.dtype} images of shape {array.shape}, not uint8 {shape}"
+        _verified.add(stamp)
+    return None
 
 
 def _cache_key(paths: Sequence[Path], decode: Callable) -> str:

@@ -118,6 +118,25 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
                 setattr(block.get_submodule(parent), leaf, DropPath(block_rate) if block_rate > 0 else nn.Identity())
 
 
+def set_residual_dropout(model: nn.Module, rate: float) -> None:
+    """RLRR's "drop_path", which is not stochastic depth: element-wise ``nn.Dropout`` on each
+    block's two residual branches (zstarN70/RLRR ``models/networks.py`` at 99d2087, ``RLRRBlock``:
+    ``self.drop_path1 = nn.Dropout(p=drop_path)`` (lines 166-167),
+    ``x = x + self.drop_path1(self.attn(...))`` and the same for the MLP branch (lines 174-178)), at
+    a rate rising linearly from 0 to ``rate`` over the blocks (``RLRREncoder``, line 217:
+    ``torch.linspace(0, drop_path, num_blocks)``, which is ``drop_path_rates``).
+    Each block's ``drop_path1`` / ``drop_path2`` become ``nn.Dropout`` at that block's rate (at 0
+    too, as RLRR builds them), found through any wrapper a method put around a block, in the
+    block's train/eval mode. It replaces stochastic depth there: set one of the two."""
+    blocks = layout_of(model).blocks
+    for path, block_rate in zip(blocks, drop_path_rates(rate, len(blocks))):
+        block = model.get_submodule(path)
+        for name, _ in list(block.named_modules()):
+            parent, _, leaf = name.rpartition(".")
+            if leaf in DROP_PATHS:
+                setattr(block.get_submodule(parent), leaf, nn.Dropout(p=block_rate).train(block.training))
+
+
 def wrap(model: nn.Module, paths: list[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
     """Replace the module at each path by ``build(path, module)``."""
     for path in paths:
