@@ -109,13 +109,20 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
     ``drop_path_rate=rate``: each block's ``drop_path1`` / ``drop_path2`` become ``DropPath`` at
     that block's rate (``drop_path_rates``), or ``Identity`` where it is 0 (as timm does), found
     through any wrapper a method put around a block."""
+    _set_residual_branches(model, rate, lambda r: DropPath(r) if r > 0 else nn.Identity())
+
+
+def _set_residual_branches(model: nn.Module, rate: float, make: Callable[[float], nn.Module]) -> None:
+    """Each block's ``drop_path1`` / ``drop_path2`` become ``make(that block's rate)``
+    (``drop_path_rates``), in the block's train/eval mode, found through any wrapper a method put
+    around a block."""
     blocks = layout_of(model).blocks
     for path, block_rate in zip(blocks, drop_path_rates(rate, len(blocks))):
         block = model.get_submodule(path)
         for name, _ in list(block.named_modules()):
             parent, _, leaf = name.rpartition(".")
             if leaf in DROP_PATHS:
-                setattr(block.get_submodule(parent), leaf, DropPath(block_rate) if block_rate > 0 else nn.Identity())
+                setattr(block.get_submodule(parent), leaf, make(block_rate).train(block.training))
 
 
 def set_residual_dropout(model: nn.Module, rate: float) -> None:
@@ -128,13 +135,7 @@ def set_residual_dropout(model: nn.Module, rate: float) -> None:
     Each block's ``drop_path1`` / ``drop_path2`` become ``nn.Dropout`` at that block's rate (at 0
     too, as RLRR builds them), found through any wrapper a method put around a block, in the
     block's train/eval mode. It replaces stochastic depth there: set one of the two."""
-    blocks = layout_of(model).blocks
-    for path, block_rate in zip(blocks, drop_path_rates(rate, len(blocks))):
-        block = model.get_submodule(path)
-        for name, _ in list(block.named_modules()):
-            parent, _, leaf = name.rpartition(".")
-            if leaf in DROP_PATHS:
-                setattr(block.get_submodule(parent), leaf, nn.Dropout(p=block_rate).train(block.training))
+    _set_residual_branches(model, rate, lambda r: nn.Dropout(p=r))
 
 
 def wrap(model: nn.Module, paths: list[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
