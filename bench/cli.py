@@ -2,11 +2,15 @@
 imported only when that subcommand runs so `bench --help` stays instant.
 
 A ``UserError`` (or a bad flag) ends the program with one ``error: ...`` line and exit code 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. So does a store that stops answering mid-command (the
+errors of MLflow, SQLAlchemy, requests and Optuna's storage, never any exception) and a full disk
+(``ENOSPC``, ``EDQUOT``): the runner has failed and re-queued the trial it was running, so the same
+command, rerun, resumes.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -144,6 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# what a store that stops answering raises through bench: MLflow (its REST and SQL stores), SQLAlchemy
+# (under MLflow and Optuna), requests (under MLflow's REST client), Optuna's wrapper of SQLAlchemy's errors
+_STORE_ERRORS = (("mlflow.exceptions", "MlflowException"), ("sqlalchemy.exc", "SQLAlchemyError"),
+                 ("requests.exceptions", "RequestException"), ("optuna.exceptions", "StorageInternalError"))
+
+
+def _store_errors() -> tuple[type, ...]:
+    """The types of ``_STORE_ERRORS`` whose library is loaded (one not loaded raised nothing): none
+    is imported here, so `bench --help` stays instant."""
+    found = (getattr(sys.modules.get(module), name, None) for module, name in _STORE_ERRORS)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
+def _store_failure(exc: BaseException) -> str:
+    """One line for a store error that reached ``main`` mid-command: which store (the library the
+    traceback ends in), the first line of the underlying error, and what to do. The work is safe:
+    the runner failed and re-queued the trial it ran, and queues an unfinished final fit again."""
+    from .errors import first_line
+
+    store = "tracking store (MLflow)"
+    tb = exc.__traceback__
+    while tb is not None:  # the deepest frame of optuna or mlflow names the store
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.partition(".")[0] in ("optuna", "mlflow"):
+            store = "Optuna storage" if module.startswith("optuna") else "tracking store (MLflow)"
+        tb = tb.tb_next
+    line, inner = None, exc
+    while inner is not None and line is None:  # the database driver's own error, where there is one
+        orig = getattr(inner, "orig", None)  # (SQLAlchemy's first line may be a note about autoflush)
+        if isinstance(orig, BaseException):
+            line = f"({type(orig).__module__}.{type(orig).__name__}) {first_line(orig)}"
+        inner = inner.__cause__
+    if line is None:  # Optuna's own message guesses at "invalid data": its cause says what happened
+        top = exc.__cause__ if type(exc).__name__ == "StorageInternalError" and exc.__cause__ else exc
+        line = first_line(top)
+        if len(line) < len(str(top).strip().split("\n", 1)[0]):  # e.g. urllib3's "Max retries exceeded ..."
+            line += "..."
+    if "disk is full" in line:  # SQLite's SQLITE_FULL
+        return _disk_full(f"the disk of the {store}", line)
+    return f"the {store} stopped answering ({line}); rerun the same command to resume"
+
+
+def _disk_full(where: str, detail: str) -> str:
+    return f"{where} is full ({detail}); free some space, then rerun the same command to resume"
+
+
 def _resolve(handler: str):
     module, _, func = handler.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -161,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except _store_errors() as exc:  # evaluated only when something was raised: the libraries are loaded then
+        if args.debug:
+            raise
+        print(f"error: {_store_failure(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if args.debug or exc.errno not in _DISK_FULL:
+            raise
+        where = f"the disk holding {exc.filename}" if exc.filename else "the disk"
+        print(f"error: {_disk_full(where, exc.strerror or 'no space left on device')}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

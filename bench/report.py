@@ -104,12 +104,14 @@ PPT_SCALE = 1e7  # V-PETL Bench's C
 # --------------------------------------------------------------------------- reading MLflow
 
 def check_store(uri: str) -> None:
-    """A report only reads: a SQLite file that is not there is an error, never a new empty store.
-    A tracking server that is down fails in seconds (``tracking.fail_fast``, as for `bench run`)."""
+    """A report only reads: a SQLite file that is not there is an error, never a new empty store,
+    and a damaged one is an error too (``tracking.check_sqlite``), never half read. A tracking
+    server that is down fails in seconds (``tracking.fail_fast``, as for `bench run`)."""
     tracking.fail_fast()
     path = tracking.sqlite_path(uri)
     if path is not None and not path.is_file():
         raise UserError(f"no MLflow store at {path} (run `bench run` first, or pass --tracking-uri)")
+    tracking.check_sqlite(path, "MLflow store")
 
 
 @contextmanager
@@ -790,11 +792,22 @@ def write_report(suite: catalog.Suite, runs: pd.DataFrame, out: Path,
     r = render(suite, runs, tuning=tuning)
     md, js = out / f"{suite.name}.md", out / f"{suite.name}_stats.json"
     pngs = [out / name for name in r.pngs]
-    for path in pngs:
-        write_atomic(path, r.pngs[path.name])
-    write_atomic(js, (json.dumps(r.stats_json, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-                      + "\n").encode("utf-8"))
-    write_atomic(md, r.text.encode("utf-8"))
+    files = {**{path: r.pngs[path.name] for path in pngs},
+             js: (json.dumps(r.stats_json, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+                  + "\n").encode("utf-8"),
+             md: r.text.encode("utf-8")}
+    # all or nothing: every file is written beside its place first (a full disk fails here, and
+    # the staged files are removed), then each is renamed into place
+    staged = {path: path.with_name(f".{path.name}.staged-{os.getpid()}") for path in files}
+    try:
+        for path, data in files.items():
+            write_atomic(staged[path], data)
+        for path in files:  # the markdown goes last
+            os.replace(staged[path], path)
+    except OSError as exc:
+        for partial in staged.values():
+            partial.unlink(missing_ok=True)
+        raise UserError(f"cannot write the report to {out}: {exc.strerror or first_line(exc)}") from None
     return [md, js, *pngs]
 
 
@@ -806,16 +819,36 @@ def main(args) -> int:
         catalog.load_suite(args.suite)  # an unknown suite fails before the store is touched
     check_store(uri)
     if storage:
-        tuning_analysis.open_existing(storage)  # a missing storage fails before anything is written
+        tuning_analysis.open_existing(storage)  # a missing or damaged storage fails before anything is written
+    else:  # the one found beside the MLflow store: damaged is an error too, not a report without it
+        found = tuning_analysis.default_storage(uri)
+        if found is not None and found.suffix == ".db":
+            tracking.check_sqlite(found, "Optuna storage")
     names = [args.suite] if args.suite else catalog.suite_names()
-    written, older = [], 0
+    suites, older = [], 0
     for name in names:
         runs = final_runs(uri, name)
         older += runs.attrs["unidentified"]
-        if runs.empty or runs["failed"].all():
-            continue
-        suite = catalog.load_suite(name)
-        written += write_report(suite, runs, Path(args.out), tuning_source(storage, uri, suite))
+        if not (runs.empty or runs["failed"].all()):
+            suites.append((catalog.load_suite(name), runs))
+    out, written = Path(args.out), []
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders writable_dir makes
+    if suites:  # where the report goes is checked before anything is rendered
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a folder; give a folder for the report")
+        from .spec import writable_dir
+
+        writable_dir(out)
+    try:
+        for suite, runs in suites:
+            written += write_report(suite, runs, out, tuning_source(storage, uri, suite))
+    except BaseException:
+        for folder in made if not written else ():  # a failed report leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if not written:
         where = f"suite {args.suite}" if args.suite else f"any suite ({', '.join(names)})"
         why = (f" ({older} final runs there were written by an older version of bench, without an experiment "

@@ -8,6 +8,7 @@ A head-only model (the linear probe) trains on backbone features computed once p
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import random
 import resource
@@ -270,9 +271,11 @@ def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Ge
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+    buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC),
+    torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),  # not torch's RuntimeError
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **dataclasses.asdict(progress)}, tmp)
+                **dataclasses.asdict(progress)}, buffer)
+    tmp.write_bytes(buffer.getvalue())
     # the checksum first: a crash between the two renames leaves a mismatch, i.e. a restart
     write_checksum(path, of=tmp)
     tmp.replace(path)
@@ -283,7 +286,6 @@ def _load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Ge
     """Restore what ``_save_checkpoint`` saved, all or nothing: ``_BadCheckpoint`` (and nothing
     changed) when the file does not match its checksum, holds anything but tensors and plain
     values, or does not fit this fit (its parameters, its epochs and steps)."""
-    import io
     import pickle
 
     from .data.decoded_cache import checksum_problem

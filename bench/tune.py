@@ -93,6 +93,9 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(backend)
         except OSError as exc:
             raise UserError(f"cannot open Optuna journal {path}: {exc.strerror or exc}") from None
+    from .tracking import check_sqlite, sqlite_path
+
+    check_sqlite(sqlite_path(url), "Optuna storage")  # damaged: one line, before a trial is written to it
     for attempt in range(4):  # workers started together race to create the tables; the losers retry
         try:
             # SQLite: many workers write to one file; wait for the lock rather than fail at 5 s

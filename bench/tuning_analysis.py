@@ -40,10 +40,14 @@ FEW_TRIALS = 10  # below this many finished trials per study, importances are ro
 
 def default_storage(tracking_uri: str) -> Path | None:
     """Beside a SQLite MLflow store ``DIR/mlflow.db``: ``DIR/optuna.db``, else ``DIR/optuna.journal``,
-    whichever exists first; None when neither does or the store is not a SQLite file."""
-    if not tracking_uri.startswith("sqlite:///"):
+    whichever exists first; None when neither does or the store is not a SQLite file. The store's
+    file is read from the URI as SQLAlchemy (and so MLflow) reads it (``tracking.sqlite_path``)."""
+    from .tracking import sqlite_path
+
+    store = sqlite_path(tracking_uri)
+    if store is None:
         return None
-    folder = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0]).parent
+    folder = store.parent
     for name in ("optuna.db", "optuna.journal"):
         if (folder / name).is_file():
             return folder / name
@@ -52,8 +56,13 @@ def default_storage(tracking_uri: str) -> Path | None:
 
 def open_existing(spec: str | Path):
     """Open a storage that exists, never creating one: a ``sqlite:///`` file or a journal file
-    must be there; a server URL (PostgreSQL, MySQL) is opened without creating tables."""
+    must be there (and undamaged, ``tracking.check_sqlite``); a server URL (PostgreSQL, MySQL) is
+    opened without creating tables. URLs are built from paths and read back as the store reads
+    them (``tracking.sqlite_url``, ``tracking.sqlite_path``): a path holding ``#`` works, one that no
+    URL carries verbatim (``?``, ``%``) is refused rather than opening another file."""
     import optuna
+
+    from .tracking import check_sqlite, sqlite_path, sqlite_url
 
     text = str(spec)
     if "://" not in text:
@@ -61,15 +70,16 @@ def open_existing(spec: str | Path):
         if not path.is_file():
             raise UserError(f"no Optuna storage at {path}")
         if path.suffix == ".db":
-            text = f"sqlite:///{path.resolve()}"
+            text = sqlite_url(path)
         else:
             from .tune import open_storage
 
             return open_storage(str(path), path.parent)
-    if text.startswith("sqlite:///"):
-        path = Path(text[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise UserError(f"no Optuna storage at {path}")
+    if text.startswith("sqlite:"):
+        path = sqlite_path(text)
+        if path is None or not path.is_file():
+            raise UserError(f"no Optuna storage at {path or text}")
+        check_sqlite(path, "Optuna storage")
     try:
         return optuna.storages.RDBStorage(text, skip_table_creation=True)
     except Exception as exc:  # sqlalchemy raises many types for bad URLs, dead servers, other schemas

@@ -35,6 +35,9 @@ class Case:
     recovered: Callable[[Path], None] | None = None  # ... or exit 0 and this check of the recovery
     warning: str | None = None  # the one `warning:` line a recovery prints (regex), if any
     env: dict = field(default_factory=dict)
+    # an error that strikes mid-run, when the stores already hold work (so not "nothing written"):
+    # what must hold after it (no trial left RUNNING, the rerun resumes)
+    after: Callable[[Path], None] | None = None
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -285,6 +288,296 @@ def _sized(method: str, setting: str, dry_run: bool = True) -> list[str]:
             "--jobs", "1", "--hparam", f"{method}.{setting}", "--out", "{tmp}/out", *(["--dry-run"] if dry_run else [])]
 
 
+# --------------------------------------------------------------------------- the stores of a finished run
+# A demo run (linear on digits, one trial, one final fit) made once per session, copied into each
+# case that needs its MLflow and Optuna stores; cases below damage them, fill their disk or take
+# them away in the middle of a run.
+
+_DEMO_OUT: list[Path] = []
+
+
+def _demo_out(tmp: Path) -> Path:
+    """The ``--out`` of a finished ``bench run`` of ``_RUN`` (no report): made once per session."""
+    if not _DEMO_OUT:
+        out = tmp.parent / "bad-states-demo-run"  # the session's pytest folder, beside the cases'
+        if not (out / "mlflow.db").is_file():
+            assert cli.main([*_RUN, "--out", str(out)]) == 0
+        _DEMO_OUT.append(out)
+    return _DEMO_OUT[0]
+
+
+def _stores(folder: str = "out", damage: tuple[str, str] | None = None) -> Callable[[Path], None]:
+    """Setup: the demo run's stores copied to ``tmp/folder``; ``damage``: (file, how) corrupted there."""
+    def setup(tmp: Path) -> None:
+        import shutil
+
+        shutil.copytree(_demo_out(tmp), tmp / folder)
+        if damage is not None:
+            _corrupt_store(tmp / folder / damage[0], damage[1])
+    return setup
+
+
+def _corrupt_store(path: Path, how: str) -> None:
+    """A SQLite file damaged as a disk, a copy or a stray write damages one."""
+    import random
+
+    data = bytearray(path.read_bytes())
+    if how == "overwritten":  # 4 KiB of garbage in the middle, across a page boundary
+        middle = len(data) // 2 + 1000
+        data[middle:middle + 4096] = random.Random(0).randbytes(4096)
+    elif how == "page-zeroed":  # the header intact, the middle page zeroed
+        page_size = int.from_bytes(data[16:18], "big")
+        page = len(data) // page_size // 2
+        data[page * page_size:(page + 1) * page_size] = bytes(page_size)
+    else:
+        return _corrupt_file(path, how)
+    path.write_bytes(bytes(data))
+
+
+def _has_tuning_section(md: Path) -> None:
+    """The report read the Optuna storage (its tuning section is not a note that none was found)."""
+    text = md.read_text()
+    assert "## Tuning (Optuna)" in text and "From 1 studies in " in text, text
+
+
+_DAMAGED = (r"^error: cannot read {what} .*/{name}: the file is damaged \(.+\); move it away .* or restore it "
+            r"from a backup$")
+_REPORT = ["report", "--tracking-uri", "sqlite:///{tmp}/out/mlflow.db", "--out", "{tmp}/reports"]
+
+
+def _damaged_store_cases() -> list[Case]:
+    """Each store damaged four ways, then `bench run` rerun into that --out and `bench report` on it:
+    one line naming the file and what to do, before anything reads or writes it. Before SQLite's
+    quick_check at open, an overwritten or zeroed page of mlflow.db was not noticed at all (the run
+    and the report went on over it), of optuna.db a traceback at the run's first write; a damaged
+    optuna.db only dropped the report's tuning section."""
+    cases = []
+    for name, what in (("mlflow.db", "MLflow store"), ("optuna.db", "Optuna storage")):
+        for how in ("overwritten", "page-zeroed", "truncated", "random"):
+            for command, argv in (("run", [*_RUN, "--out", "{tmp}/out"]), ("report", _REPORT)):
+                cases.append(Case(f"{name}-{how}-{command}", argv, _stores(damage=(name, how)),
+                                  message=_DAMAGED.format(what=what, name=re.escape(name))))
+    return cases
+
+
+def _trials(out: Path) -> dict[str, list]:
+    """Every study's trials in ``out/optuna.db``: {study name: [FrozenTrial, ...]}."""
+    import optuna
+
+    from bench import tracking
+
+    storage = optuna.storages.RDBStorage(tracking.sqlite_url(out / "optuna.db"), skip_table_creation=True)
+    try:
+        return {name: optuna.load_study(study_name=name, storage=storage).get_trials()
+                for name in optuna.get_all_study_names(storage)}
+    finally:
+        storage.engine.dispose()
+
+
+def _requeued(out: Path, study_kind: str) -> None:
+    """After a run stopped mid-way: no trial left RUNNING, and in the tuning study one FAIL trial
+    whose parameters a WAITING copy carries (in the final-fit study: one FAIL trial, queued again
+    by its run key when the run is rerun)."""
+    from optuna.trial import TrialState
+
+    studies = _trials(out)
+    assert not [t for trials in studies.values() for t in trials if t.state == TrialState.RUNNING], studies
+    (name,) = [n for n in studies if ("final" in n) == (study_kind == "final")]
+    failed = [t for t in studies[name] if t.state == TrialState.FAIL]
+    waiting = [t for t in studies[name] if t.state == TrialState.WAITING]
+    if study_kind == "tuning":  # re-queued at once with its parameters
+        assert len(failed) == 1 and len(waiting) == 1 and waiting[0].params == failed[0].params, studies[name]
+    else:  # told FAIL; queued again by its run key on the next run
+        assert len(failed) == 1 and not waiting, studies[name]
+
+
+_TWO_TRIALS = ["run", "--methods", "linear", "--tasks", "digits", "--trials", "2", "--epochs", "1", "--seeds", "1",
+               "--jobs", "1", "--no-report", "--out", "{tmp}/out"]
+
+
+def _mid_run(strike: Callable[[Path], None], when: str = "trial 0") -> Callable[[Path], int]:
+    """``bench run`` of ``_TWO_TRIALS`` in this process, ``strike(tmp)`` called once when the run
+    gets to ``when``: "trial 0" (its first trial finished: the second fails) or "final" (the final
+    fit's MLflow run is open and its first epoch about to be logged)."""
+    def command(tmp: Path) -> int:
+        from unittest import mock
+
+        from bench import protocol
+
+        struck = []
+
+        def once():
+            if not struck:
+                struck.append(True)
+                strike(tmp)
+
+        def say(line: str) -> None:
+            real_say(line)
+            if when in line:
+                once()
+
+        def fit(model, train_ds, cfg, **kwargs):
+            if when == "final" and "seed" in (cfg.desc or ""):
+                once()
+            return real_fit(model, train_ds, cfg, **kwargs)
+
+        real_say, real_fit = protocol.say, protocol.fit
+        with mock.patch.object(protocol, "say", say), mock.patch.object(protocol, "fit", fit):
+            code = cli.main([a.format(tmp=tmp) for a in _TWO_TRIALS])
+        assert struck, "the run never got there"
+        return code
+    return command
+
+
+def _engines(db: Path) -> list:
+    """MLflow's cached SQLAlchemy engines of the SQLite file ``db`` (MLflow keeps one per URI)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from bench import tracking
+
+    return [engine for uri, engine in SqlAlchemyStore._engine_map.items() if tracking.sqlite_path(uri) == db]
+
+
+def _store_goes_away(tmp: Path) -> None:
+    """The MLflow store stops answering (as a server or PostgreSQL that goes away): its file moved
+    away, a folder in its place, and the open connections closed."""
+    db = tmp / "out" / "mlflow.db"
+    db.rename(tmp / "mlflow.db.away")
+    db.mkdir()
+    for engine in _engines(db):
+        engine.dispose()
+
+
+def _store_comes_back(study_kind: str) -> Callable[[Path], None]:
+    """What must hold after the store went away: the trial re-queued (or failed, for a final fit);
+    with the store back, the same command finishes the run: every trial and fit done once."""
+    def after(tmp: Path) -> None:
+        import shutil
+
+        _requeued(tmp / "out", study_kind)
+        (tmp / "out" / "mlflow.db").rmdir()
+        shutil.move(tmp / "mlflow.db.away", tmp / "out" / "mlflow.db")
+        assert cli.main([a.format(tmp=tmp) for a in _TWO_TRIALS]) == 0
+        states = {n: sorted(t.state.name for t in trials) for n, trials in _trials(tmp / "out").items()}
+        done = {n: s.count("COMPLETE") for n, s in states.items()}
+        assert sorted(done.values()) == [1, 2] and "RUNNING" not in str(states) and "WAITING" not in str(states), states
+    return after
+
+
+_STORE_GONE = (r"^error: the tracking store \(MLflow\) stopped answering \(\(sqlite3\.OperationalError\) unable to "
+               r"open database file\); rerun the same command to resume$")
+
+
+def _disk_fills(tmp: Path) -> None:
+    """The disk holding the MLflow store is full from now on: every statement that would write to
+    it fails as SQLite fails it then (``sqlite3.OperationalError``, SQLITE_FULL's "database or disk
+    is full", raised where the driver executes, so SQLAlchemy and MLflow wrap it as they wrap the
+    real one). (``PRAGMA max_page_count`` gives the real error only once a write needs a new page:
+    a trial's rows fitted in the free space of the store's pages, even of a vacuumed one.)"""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    def full(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    for engine in _engines(tmp / "out" / "mlflow.db"):
+        event.listen(engine, "before_cursor_execute", full)
+        _DISK_FULL_HOOKS.append((engine, full))
+
+
+_DISK_FULL_HOOKS: list = []
+
+
+def _after_disk_full(tmp: Path) -> None:
+    from sqlalchemy import event
+
+    while _DISK_FULL_HOOKS:  # (the engine is this case's store's: no other case meets the hook)
+        engine, hook = _DISK_FULL_HOOKS.pop()
+        event.remove(engine, "before_cursor_execute", hook)
+    _requeued(tmp / "out", "tuning")
+
+
+_DISK_FULL = (r"^error: the disk of the tracking store \(MLflow\) is full \(\(sqlite3\.OperationalError\) database "
+              r"or disk is full\); free some space, then rerun the same command to resume$")
+
+
+def _report_disk_full(tmp: Path) -> int:
+    """`bench report` on a disk that fills while the report is written (the third file)."""
+    import errno
+    from unittest import mock
+
+    from bench import report
+
+    calls = []
+
+    def write_atomic(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    real = report.write_atomic
+    with mock.patch.object(report, "write_atomic", write_atomic):
+        return cli.main([a.format(tmp=tmp) for a in _REPORT])
+
+
+# --------------------------------------------------------------------------- bench data check --hash
+
+def _vtab_root(tmp: Path) -> Path:
+    """A VTAB-1k data root with one tiny task (cifar, as its alias folder cifar100)."""
+    from PIL import Image
+
+    folder = tmp / "vtab" / "cifar100"
+    lines: dict[str, list[str]] = {}
+    for split, n in {"train800": 4, "val200": 2, "test": 3}.items():
+        lines[split] = []
+        for i in range(n):
+            rel = f"images/{split}_{i}.jpg"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), (20 * i, 100, 50 * (i % 2))).save(folder / rel, "JPEG")
+            lines[split].append(f"{rel} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return tmp / "vtab"
+
+
+_HASH = ["data", "check", "--suite", "vtab1k", "--data-root", "{tmp}/vtab", "--tasks", "cifar", "--hash"]
+
+
+def _read_only_data_root(tmp: Path) -> int:
+    """`bench data check --hash` on a data root mounted read-only: nothing can be created or
+    opened for writing under it (EROFS), as on a read-only mount (root ignores file modes)."""
+    import builtins
+    import errno
+    import io
+    from unittest import mock
+
+    root = str(tmp / "vtab")
+
+    def under(path) -> bool:
+        return not isinstance(path, int) and os.path.abspath(os.fsdecode(path)).startswith(root + os.sep)
+
+    def refuse(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path):
+            raise refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and under(file):
+            raise refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    real_os_open, real_open = os.open, builtins.open
+    with mock.patch("os.open", os_open), mock.patch("builtins.open", open_), mock.patch("io.open", open_):
+        return cli.main([a.format(tmp=tmp) for a in _HASH])
+
+
 _RESTART = r"^warning: checkpoint .*fit\.pt .*; the fit restarts from scratch$"
 
 CASES = [
@@ -322,6 +615,45 @@ CASES = [
          message=r"cannot read MLflow store http://127\.0\.0\.1:\d+"),
     Case("compare-server-down", _fails_fast("compare", "lora", "linear", "--tracking-uri", "{server}"),
          message=r"cannot read MLflow store http://127\.0\.0\.1:\d+"),
+    # damaged stores: one line naming the file, before anything reads or writes them
+    *_damaged_store_cases(),
+    # the tracking store (a server, PostgreSQL, the file) goes away mid-run: one line, the trial
+    # re-queued with its parameters (a final fit's told FAIL, queued again by its run key), and the
+    # same command, rerun once the store is back, finishes the run
+    Case("tracking-store-gone-in-a-trial", _mid_run(_store_goes_away), message=_STORE_GONE,
+         after=_store_comes_back("tuning")),
+    Case("tracking-store-gone-in-a-final-fit", _mid_run(_store_goes_away, when="final"), message=_STORE_GONE,
+         after=_store_comes_back("final")),
+    # a full disk: one line; the trial that hit it re-queued; no half-written report
+    Case("disk-full-under-the-tracking-store", _mid_run(_disk_fills), message=_DISK_FULL, after=_after_disk_full),
+    Case("disk-full-writing-the-report", _report_disk_full, _stores(),
+         message=r"cannot write the report to .*/reports: No space left on device$"),
+    # where `bench report` writes: checked before rendering
+    Case("report-out-is-a-file", [*_REPORT[:-1], "{tmp}/report.md"],
+         lambda tmp: (_stores()(tmp), (tmp / "report.md").write_text("# an earlier report\n")),
+         message=r"--out .*/report\.md is a file, not a folder"),
+    Case("report-out-not-writable", [*_REPORT[:-1], "{tmp}/file.txt/reports"],
+         lambda tmp: (_stores()(tmp), (tmp / "file.txt").write_text("a file, not a folder\n")),
+         message=r"output folder .*file\.txt/reports is not writable"),
+    # `bench data check --hash` where the manifest cannot be written: one line, before any hashing
+    Case("data-check-hash-manifest-path-taken", _HASH,
+         lambda tmp: (_vtab_root(tmp) / "cifar100" / "MANIFEST.sha256").mkdir(),
+         message=r"cannot write the manifest .*/cifar100/MANIFEST\.sha256: something other than a file is in "
+                 r"its place"),
+    Case("data-check-hash-read-only-root", _read_only_data_root, _vtab_root,
+         message=r"cannot write the manifest .*/cifar100/MANIFEST\.sha256: Read-only file system; "),
+    # the report reads the store's path from its URL as MLflow does (%XX unquoted: here '#')
+    Case("report-finds-optuna-beside-an-escaped-store-url",
+         ["report", "--tracking-uri", "sqlite:///{tmp}/a%23b/mlflow.db", "--out", "{tmp}/reports"], _stores("a#b"),
+         recovered=lambda tmp: _has_tuning_section(tmp / "reports" / "demo.md")),
+    Case("report-storage-url-escaped",
+         ["report", "--tracking-uri", "sqlite:///{tmp}/a%23b/mlflow.db", "--storage",
+          "sqlite:///{tmp}/a%23b/optuna.db", "--out", "{tmp}/reports"], _stores("a#b"),
+         recovered=lambda tmp: _has_tuning_section(tmp / "reports" / "demo.md")),
+    Case("report-storage-path-with-percent",
+         ["report", "--tracking-uri", "sqlite:///{tmp}/a%2541b/mlflow.db", "--storage", "{tmp}/a%41b/optuna.db",
+          "--out", "{tmp}/reports"], lambda tmp: (_stores("a%41b")(tmp), (tmp / "aAb").mkdir()),
+         message=r"SQLite store .*a%41b.* holds '%'"),
 ]
 
 
@@ -344,7 +676,7 @@ def _run(case: Case, tmp: Path, capfd) -> tuple[int, list[str]]:
     else:
         code = cli.main([arg.format(tmp=tmp) for arg in case.command])
     err = capfd.readouterr().err
-    if case.message is not None:  # an error writes nothing: not in --out, not beside it
+    if case.message is not None and case.after is None:  # an error writes nothing: not in --out, not beside it
         assert _snapshot(tmp) == before, err
     return code, [line for line in err.splitlines() if line.strip()]
 
@@ -358,6 +690,8 @@ def test_bad_state_is_handled_cleanly(case: Case, tmp_path, capfd, monkeypatch):
     if case.message is not None:
         assert code == 2, err
         assert len(err) == 1 and re.search(case.message, err[0]) and err[0].startswith("error: "), err
+        if case.after is not None:
+            case.after(tmp_path)
     else:
         assert code == 0, err
         warnings = [line for line in err if line.startswith("warning:")]

@@ -5,7 +5,8 @@ is a ``UserError`` naming the file (and line). Valid labels: VTAB-1k, ints in [0
 raw labels (ints or strings) whose distinct values number the class count and that ``layouts.FgvcLayout``
 maps to ids, its mapping shown in a ``labels`` column. ``--hash`` writes each task's
 ``MANIFEST.sha256`` or, when one exists, verifies the files against it. Manifests are written only
-after every selected task passed, so a failed check writes nothing.
+after every selected task passed, all or none, so a failed check writes nothing; a task folder that
+cannot take its manifest (a read-only data root) is one line before any image is hashed.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) ->
     for name in tasks:
         task = suite.task(name)
         files = layouts.read_task(suite, root, task)
+        path = files.folder / manifest.MANIFEST_NAME
+        if with_hash and not path.is_file():
+            _check_writable(path)  # before hashing every image, not after
         digests = _verify_images(files, want_digests=with_hash, desc=name)
         row = [name, files.folder.name, task.num_classes,
                *(_split_cell([e.label for e in files.splits[s]]) for s in suite.splits.all),
@@ -49,7 +53,6 @@ def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) ->
         if with_hash:
             digests.update({f: manifest.sha256_file(f) for f in files.split_files})
             text = manifest.render(files.folder, digests)
-            path = files.folder / manifest.MANIFEST_NAME
             if path.is_file():
                 problem = manifest.first_mismatch(path, text)
                 if problem:
@@ -59,8 +62,7 @@ def _check_files(suite: Suite, root: Path, tasks: list[str], with_hash: bool) ->
                 to_write.append((path, text))
                 row.append("written")
         rows.append(row)
-    for path, text in to_write:  # only once every task passed
-        _write_atomically(path, text)
+    _write_all(to_write)  # only once every task passed
     headers = ["task", "folder", "classes", *suite.splits.all, *(["labels"] if maps_labels else []),
                *(["manifest"] if with_hash else [])]
     return headers, rows
@@ -103,7 +105,37 @@ def _verify_images(files: layouts.TaskFiles, want_digests: bool, desc: str) -> d
     return digests if want_digests else {}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+def _cannot_write(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write the manifest {path}: {exc.strerror or exc}; `--hash` writes one into each task "
+                     "folder the first time: run it once where the data root is writable (or without --hash)")
+
+
+def _check_writable(path: Path) -> None:
+    """A UserError unless a file can be made beside ``path`` and ``path`` is free for it (nothing
+    is left behind)."""
+    if path.exists() or path.is_symlink():
+        raise UserError(f"cannot write the manifest {path}: something other than a file is in its place")
+    probe = path.with_name(f".{path.name}.write-test-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        probe.unlink()
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _write_all(to_write: list[tuple[Path, str]]) -> None:
+    """Write every manifest or none: each beside its place first, then each renamed into place."""
+    partials = [(path.with_name(f"{path.name}.partial-{os.getpid()}"), path) for path, _ in to_write]
+    path = None
+    try:
+        for (partial, path), (_, text) in zip(partials, to_write):
+            partial.write_text(text, encoding="utf-8")
+        for partial, path in partials:
+            os.replace(partial, path)
+    except OSError as exc:
+        for partial, _ in partials:
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise _cannot_write(path, exc) from None
