@@ -64,7 +64,7 @@ class Backbone:
     image_size: int  # the input size it runs at; a suite's recipe must use the same
     mean: tuple[float, float, float]  # input normalisation of its pretrained weights
     std: tuple[float, float, float]
-    weights: str  # the file to pass with --pretrained, in one line (messages, README)
+    weights: str  # the file to pass with --pretrained, in one line (messages, docs/backbones.md)
     default_weights: Path | None = None
     unused: tuple[str, ...] = ()  # key prefixes a weights file may carry that are never loaded
 

@@ -75,7 +75,7 @@ def test_merged_model_evaluates_at_backbone_speed(name):
     assert seconds["plain"] / seconds["merged"] >= 0.75, seconds
 
 
-# Floors on train speed / full's on the demo ViT, about 25% under what was measured (README):
+# Floors on train speed / full's on the demo ViT, about 25% under what was measured (docs/measurements.md):
 # lora 1.2-1.6, adapter 1.4-1.8, ssf 1.0-1.4, rlrr 0.9-1.1, linear >= 3. On ViT-B/16 every
 # method is at least 1.0; on the tiny demo RLRR's per-weight work is not hidden behind the matmuls.
 SPEED_FLOORS = {"linear": 2.0, "adapter": 1.0, "lora": 0.9, "ssf": 0.7, "rlrr": 0.6}
