@@ -29,7 +29,7 @@ from .identity import Cell, Experiment
 from .spec import RunSpec, build_backbone, writable_dir, weights_file
 from .split_guard import SplitGuard
 from .train import Diverged, PaperSchedule, TrainConfig, fit, head_only, seed_everything
-from .tune import (COMMON_DEFAULTS, ROLE_FINAL, best_params, common_search_space, open_storage, open_study, requeue,
+from .tune import (COMMON_DEFAULTS, ROLE_FINAL, FixedParams, best_params, common_search_space, open_storage, open_study, requeue,
                    sampler_seed, trial_position)
 
 
@@ -218,8 +218,9 @@ class Runner:
         included, e.g. DoRA's alpha = 2 * rank) as the user attribute ``hparams``, which final fits
         take (``best_params``). Its seed is its position in the budget (``trial_position``), so a
         trial re-queued after an interruption trains exactly as it would have."""
-        params = {**common_search_space(trial), **methods.get(method).search_space(trial),
-                  **self.spec.fixed.get(method, {})}
+        fixed = self.spec.fixed.get(method, {})
+        suggest = FixedParams(trial, fixed)  # a fixed value is what the space derives from (DoRA: alpha = 2 x rank)
+        params = {**common_search_space(suggest), **methods.get(method).search_space(suggest), **fixed}
         seed = trial_position(study, trial)
         try:
             hparams = self._hparams(method, params, None)

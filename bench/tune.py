@@ -27,6 +27,23 @@ COMMON_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-4}
 DEFAULT_STORAGE = "optuna.db"  # under --out; earlier versions wrote a journal file, optuna.journal
 
 
+class FixedParams:
+    """A trial as a search space sees it when some hyperparameters are fixed (``--hparam``): their
+    ``suggest_*`` returns the fixed value (nothing is sampled for it), so what the space derives
+    from them is derived from the fixed value (``--hparam dora.rank=32`` trains alpha 64, not two
+    times a rank sampled and then overridden). Every other call goes to the trial."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict):
+        self._trial, self._fixed = trial, fixed
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+        return lambda param, *args, **kwargs: (self._fixed[param] if param in self._fixed
+                                               else attr(param, *args, **kwargs))
+
+
 def common_search_space(trial: optuna.Trial) -> dict:
     return {
         "lr": trial.suggest_float("lr", 5e-5, 5e-2, log=True),

@@ -164,3 +164,14 @@ def test_an_interrupted_trial_is_requeued_and_the_rerun_equals_the_uninterrupted
     assert [t.state for t in b.trials].count(TrialState.FAIL) == 1  # the interrupted one, visible as FAIL
     acc = lambda out: [r.data.metrics["test_acc"] for r in _mlflow_runs(out, "final")]  # noqa: E731
     assert acc(tmp_path / "a") == acc(tmp_path / "b")
+
+
+def test_a_fixed_hyperparameter_is_what_the_space_derives_from():
+    """``--hparam dora.rank=32``: the search space derives alpha from the fixed rank (64), instead of
+    from a rank it sampled and the fixed value then replaced; nothing is sampled for the fixed one."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    space = methods.get("dora").search_space(tune.FixedParams(trial, {"rank": 32}))
+    assert space == {"rank": 32, "alpha": 64} and "rank" not in trial.params
+    lokr = methods.get("lokr").search_space(tune.FixedParams(trial, {"rank": 8}))
+    assert lokr["rank"] == lokr["alpha"] == 8 and "factor" in trial.params  # the rest is still searched
