@@ -162,15 +162,18 @@ def row_labels(experiments: Iterable[Experiment], also: Iterable[Experiment] = (
     --epochs shows); drop-path is the recipe's per task, so it never labels a recipe row.
     ``also``: experiments to label that do not count towards the main one (e.g. of failed runs)."""
     entries = list(experiments)
-    extra = [e for e in also if e not in set(entries)]
+    counted = set(entries)
+    extra = [e for e in also if e not in counted]
     if not entries:
         entries, extra = extra, []
     if not entries:
         return {}
     plain = [e for e in entries if not e.recipe] or entries
     main = {f: most_common([getattr(e, f) for e in plain]) for f in (*PROTOCOL_FIELDS, "weights_sha256")}
-    per_recipe = {r: {f: most_common([getattr(e, f) for e in entries if e.recipe == r]) for f in PROTOCOL_FIELDS}
-                  for r in {e.recipe for e in entries if e.recipe}}
+    recipes = {e.recipe for e in entries}  # a recipe only failed runs have: compared with its own
+    pool = entries + [e for e in extra if e.recipe not in recipes]
+    per_recipe = {r: {f: most_common([getattr(e, f) for e in pool if e.recipe == r]) for f in PROTOCOL_FIELDS}
+                  for r in {e.recipe for e in pool if e.recipe}}
     labels = {}
     for e in dict.fromkeys(entries + extra):
         parts = [f"recipe {e.recipe}"] if e.recipe else []
@@ -183,7 +186,7 @@ def row_labels(experiments: Iterable[Experiment], also: Iterable[Experiment] = (
         elif e.weights_sha256 != main["weights_sha256"]:
             parts.append(f"weights={e.weights_sha256[:8]}")
         labels[e] = e.method + (f" ({', '.join(parts)})" if parts else "")
-    taken = [label for label in labels.values()]
+    taken = list(labels.values())
     for e, label in labels.items():  # two experiments never share a row, even if their labels would
         if taken.count(label) > 1:
             labels[e] = f"{label} #{e.key()[:6]}"

@@ -58,6 +58,10 @@ def test_row_labels_name_what_differs_from_the_main_experiment():
     labels = row_labels([BASE, BASE, BASE, smoke, gpu, rank4, random, recipe])
     assert labels == {BASE: "lora", smoke: "lora (epochs=1)", gpu: "lora (precision=bf16, device_kind=cuda)",
                       rank4: "lora (rank=4)", random: "lora (random init)", recipe: "lora (recipe rlrr-paper)"}
+    # an experiment only failed runs have is labelled too, without counting towards the main one
+    failed_recipe = dataclasses.replace(recipe, recipe="noah-paper")
+    also = row_labels([BASE, smoke, smoke], also=[failed_recipe, BASE])
+    assert also == {BASE: "lora (epochs=4)", smoke: "lora", failed_recipe: "lora (recipe noah-paper)"}
 
 
 def test_a_study_holding_another_identity_is_never_reused():
