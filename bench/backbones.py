@@ -32,7 +32,6 @@ wrong and which file the backbone expects.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import zipfile
 from dataclasses import dataclass
@@ -484,8 +483,6 @@ def _npz_signature(shapes: dict) -> dict:
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a weights file, logged with every run so results name their exact weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .data.manifest import sha256_file
+
+    return sha256_file(Path(path))

@@ -63,10 +63,10 @@ class Runner:
         self.out, self.client, self.exp_id, self.storage = open_stores(spec)
         self.guard = SplitGuard(spec)
         weights = weights_file(spec)
+        self.weights_sha256 = backbones.file_sha256(weights) if weights else tracking.RANDOM_INIT
+        # logged with every run beside its experiment's fields (which hold backbone and weights hash)
         self.provenance = {
-            "backbone": spec.backbone,
             "weights_file": str(weights) if weights else "random-init",
-            "weights_sha256": backbones.file_sha256(weights) if weights else tracking.RANDOM_INIT,
             "git_commit": tracking.git_commit(),
             "device": spec.device,
             **tracking.package_versions(),
@@ -111,7 +111,7 @@ class Runner:
 
     def experiment(self, method: str) -> Experiment:
         """The experiment a method's runs belong to (``bench.identity``): one leaderboard row."""
-        return self.spec.experiment(method, self.provenance["weights_sha256"])
+        return self.spec.experiment(method, self.weights_sha256)
 
     def cell(self, method: str, task: Task) -> Cell:
         """The experiment on one task's data: one tuning study, one leaderboard cell."""

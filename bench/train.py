@@ -275,9 +275,10 @@ def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Ge
     torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),  # not torch's RuntimeError
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 **dataclasses.asdict(progress)}, buffer)
-    tmp.write_bytes(buffer.getvalue())
+    data = buffer.getvalue()
+    tmp.write_bytes(data)
     # the checksum first: a crash between the two renames leaves a mismatch, i.e. a restart
-    write_checksum(path, of=tmp)
+    write_checksum(path, of=data)
     tmp.replace(path)
 
 

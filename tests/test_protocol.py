@@ -131,7 +131,7 @@ def test_a_real_suite_needs_weights_or_an_explicit_random_init(tmp_path, capsys)
     spec = _spec(tmp_path, pretrained="none")
     assert spec.random_init and spec.pretrained is None
     runner = protocol.Runner(spec)
-    assert runner.provenance["weights_sha256"] == "none"
+    assert runner.weights_sha256 == "none"
     assert runner.experiment("linear").weights_sha256 == "none"
     from bench.backbones import create_demo
     assert not runner.backbone.state_dict()["pos_embed"].equal(create_demo().state_dict()["pos_embed"])

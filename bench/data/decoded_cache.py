@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from .manifest import sha256_file
 from .parallel import map_with_progress
 
 MEMORY_BUDGET_ENV = "BENCH_DATA_MEMORY_MB"
@@ -69,7 +70,6 @@ class MappedImages:
 # SHA-256 beside it, ``<name>.sha256``, written before the file is renamed into place and checked
 # before it is used: a zeroed, truncated or overwritten file is rebuilt or restarted, never used.
 CHECKSUM_SUFFIX = ".sha256"
-_CHUNK = 16 * 2**20
 
 
 def checksum_path(path: str | Path) -> Path:
@@ -77,24 +77,15 @@ def checksum_path(path: str | Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
-def sha256_of(source: str | Path | bytes) -> str:
-    """The SHA-256 (hex) of a file's bytes, read in chunks, or of ``bytes``."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return hashlib.sha256(source).hexdigest()
-    h = hashlib.sha256()
-    with open(source, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_checksum(path: str | Path, of: str | Path | None = None) -> None:
+def write_checksum(path: str | Path, of: str | Path | bytes | None = None) -> None:
     """Write ``<path>.sha256``: the SHA-256 of ``of`` (the finished temp file about to be renamed to
-    ``path``), else of ``path``; atomically, so a reader finds the old checksum or the new one."""
+    ``path``, or the bytes just written there), else of ``path``; atomically, so a reader finds the
+    old checksum or the new one."""
     target = checksum_path(path)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256(of).hexdigest() if isinstance(of, bytes) else sha256_file(Path(of or path))
     try:
-        tmp.write_text(sha256_of(of if of is not None else path) + "\n")
+        tmp.write_text(digest + "\n")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -108,7 +99,7 @@ def checksum_problem(path: str | Path, data: bytes | None = None) -> str | None:
     except OSError:
         return "it has no checksum beside it"
     try:
-        actual = sha256_of(data if data is not None else path)
+        actual = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(Path(path))
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
     return None if actual == expected else "its checksum does not match (corrupted or overwritten)"
