@@ -7,11 +7,10 @@ new module is available everywhere without touching any other file.
 import importlib
 import pkgutil
 
+from .errors import NotMergeable, Unsupported  # noqa: F401
 from .base import (  # noqa: F401
     GROUPS,
     Method,
-    NotMergeable,
-    Unsupported,
     count_trainable,
     decays_backbone,
     get,
@@ -22,5 +21,5 @@ from .base import (  # noqa: F401
 )
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_") and not _info.ispkg:
+    if not _info.name.startswith("_") and not _info.ispkg:
         importlib.import_module(f"{__name__}.{_info.name}")

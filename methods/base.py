@@ -17,19 +17,14 @@ Methods whose official optimizer differs override it (rlrr, vpt) and say why wit
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
+from .errors import NotMergeable, Unsupported
+from .families import layout_of
+
 _REGISTRY: dict[str, "Method"] = {}
-
-
-class Unsupported(ValueError):
-    """A method cannot run on a backbone (family); the message says which and why."""
-
-
-class NotMergeable(Exception):
-    """Raised by ``merge`` for methods whose additions cannot be folded into the backbone."""
 
 
 def register(cls: type["Method"]) -> type["Method"]:
@@ -153,8 +148,6 @@ class Method:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.check_family(model)
-        from .families import layout_of
-
         self.check_fits(hp, layout_of(model))  # before the copy: an absurd size allocates nothing
         model = copy.deepcopy(model)
         model.requires_grad_(False)
@@ -174,8 +167,6 @@ class Method:
 
     def check_family(self, model: nn.Module) -> None:
         """``Unsupported`` unless this method runs on ``model``'s backbone family."""
-        from .families import layout_of
-
         family = layout_of(model).family
         if self.families is not None and family not in self.families:
             why = f" ({self.unsupported_why})" if self.unsupported_why else ""
@@ -199,19 +190,3 @@ class Method:
 
     def _merge(self, model: nn.Module) -> None:
         """Fold the method's additions into ``model`` in place (it is already a copy)."""
-
-
-def replace_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    """Swap the submodule at ``dotted`` (e.g. ``blocks.3.attn.qkv``) for ``new``."""
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
-def swap_modules(model: nn.Module, predicate: Callable[[str, nn.Module], bool],
-                 build: Callable[[nn.Module], nn.Module]) -> int:
-    """Replace every submodule for which ``predicate(name, module)`` holds by ``build(module)``."""
-    targets = [(n, m) for n, m in model.named_modules() if n and predicate(n, m)]
-    for n, m in targets:
-        replace_module(model, n, build(m))
-    return len(targets)

@@ -50,7 +50,8 @@ import torch.nn as nn
 
 from ._checks import check_float, check_int
 from .base import Method, Unsupported, register
-from .families import ATTN_PROJ, FC1, FC2, QKV, QKV_GROUPS, Mergeable, layout_of, merge_wrappers, wrap
+from .families import ATTN_PROJ, FC1, FC2, QKV, QKV_GROUPS, layout_of
+from .surgery import Mergeable, merge_wrappers, wrap
 
 SCALES = [0.01, 0.1, 1.0, 10.0, 100.0]  # the official configs' scale values
 DROPOUT = 0.1  # ``_.dp = nn.Dropout(0.1)`` in both official files

@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._checks import check_float, check_int
-from .families import QKV, QKV_GROUPS, Mergeable, layout_of, merge_wrappers, wrap
+from .families import QKV, QKV_GROUPS, layout_of
 from .base import Method, register
+from .surgery import Mergeable, merge_wrappers, wrap
 
 POWERS_OF_TWO = [1, 2, 4, 8, 16, 32, 64]
 

@@ -58,8 +58,9 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_float, check_int
-from .base import Method, register, replace_module
+from .base import Method, register
 from .families import FC2, QKV, Layout, layout_of
+from .surgery import replace_module
 
 PEFT_REQUIREMENT = "peft>=0.21,<0.22"  # the tested range; pyproject.toml pins the same
 PEFT_SERIES = (0, 21)  # the (major, minor) series that range allows

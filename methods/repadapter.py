@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from ._checks import check_choice, check_float, check_int
 from .base import Method, register
-from .families import FC1, QKV, Mergeable, layout_of, merge_wrappers, wrap
+from .families import FC1, QKV, layout_of
+from .surgery import Mergeable, merge_wrappers, wrap
 
 MODES = ("block", "attn")  # official method names: repblock, repattn
 SCALES = [0.1, 0.5, 1.0, 5.0, 10.0]  # scripts/search_repblock.sh

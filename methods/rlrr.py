@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .families import BLOCK_LINEARS, BLOCK_NORMS, QKV, QKV_GROUPS, Mergeable, layout_of, merge_wrappers, wrap
+from .families import BLOCK_LINEARS, BLOCK_NORMS, QKV, QKV_GROUPS, layout_of
 from .base import Method, register
 from .ssf import add_ssf, outside_blocks
+from .surgery import Mergeable, merge_wrappers, wrap
 
 
 class _RescaledLinear(torch.autograd.Function):

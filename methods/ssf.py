@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .families import BLOCK_LINEARS, BLOCK_NORMS, Layout, Mergeable, layout_of, merge_wrappers, wrap
+from .families import BLOCK_LINEARS, BLOCK_NORMS, Layout, layout_of
 from .base import Method, register
+from .surgery import Mergeable, merge_wrappers, wrap
 
 
 class SSF(Mergeable):

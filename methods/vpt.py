@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_choice, check_float, check_int
-from .base import Method, register, replace_module
+from .base import Method, register
 from .families import layout_of
+from .surgery import replace_module
 
 MODES = ("deep", "shallow")
 MAX_PROMPTS = 1000  # 5x the longest prompt of VPT's paper (200); 1,000,000 exhausted 24 GB in `--dry-run`

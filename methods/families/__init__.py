@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from ..base import Unsupported, replace_module, swap_modules
+from ..errors import Unsupported
+from ..surgery import replace_module
 
 QKV = "attn.qkv"
 QKV_GROUPS = 3  # timm fuses q, k, v into one Linear: three row chunks of the width each
@@ -136,25 +137,6 @@ def set_residual_dropout(model: nn.Module, rate: float) -> None:
     too, as RLRR builds them), found through any wrapper a method put around a block, in the
     block's train/eval mode. It replaces stochastic depth there: set one of the two."""
     _set_residual_branches(model, rate, lambda r: nn.Dropout(p=r))
-
-
-def wrap(model: nn.Module, paths: list[str], build: Callable[[str, nn.Module], nn.Module]) -> None:
-    """Replace the module at each path by ``build(path, module)``."""
-    for path in paths:
-        replace_module(model, path, build(path, model.get_submodule(path)))
-
-
-class Mergeable(nn.Module):
-    """A wrapper that can fold itself into the plain module it wraps (see ``merge_wrappers``)."""
-
-    def merged(self) -> nn.Module:
-        """The wrapped module with this wrapper's effect folded into its weights (in place)."""
-        raise NotImplementedError
-
-
-def merge_wrappers(model: nn.Module) -> None:
-    """Replace every ``Mergeable`` wrapper in ``model`` by its folded plain module."""
-    swap_modules(model, lambda _, m: isinstance(m, Mergeable), lambda m: m.merged())
 
 
 for _info in pkgutil.iter_modules(__path__):  # every family module registers its reader
