@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="vit_base_patch16_224",
                    help=f"{BACKBONE_HELP} (default: vit_base_patch16_224)")
     p.add_argument("--num-classes", type=int, default=100, help="head size for the 'with head' column")
-    p.set_defaults(handler="bench.methods_table:main")
+    p.set_defaults(handler="bench.commands.methods:main")
 
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -106,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None,
                    help="where the leaderboard goes (default: the --out folder; `bench report --out reports` "
                         "regenerates the committed one)")
-    p.set_defaults(handler="bench.runner:main_run")
+    p.set_defaults(handler="bench.commands.run:main_run")
 
     p = sub.add_parser("tune", help="run one Optuna study (one method x one task)")
     p.add_argument("--method", required=True, help="method name")
     p.add_argument("--task", required=True, help="task name")
     _add_common_run_args(p)
-    p.set_defaults(handler="bench.runner:main_tune")
+    p.set_defaults(handler="bench.commands.run:main_tune")
 
     p = sub.add_parser("report", help="render leaderboards from MLflow")
     p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: every suite with runs)")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planned", action="store_true",
                    help="this one comparison was chosen before seeing the results: judge it by its own p (default: "
                         "p (Holm), corrected over the leaderboard's pairs, the same as the report's)")
-    p.set_defaults(handler="bench.compare:main")
+    p.set_defaults(handler="bench.commands.compare:main")
 
     p = sub.add_parser("perf", help="measure speed and memory of every method")
     p.add_argument("--backbone", default="demo", help=f"{BACKBONE_HELP} (default: demo)")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--out", default="reports", help="where perf.md goes (default: reports)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-    p.set_defaults(handler="bench.perf:main")
+    p.set_defaults(handler="bench.commands.perf:main")
     return parser
 
 

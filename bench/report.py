@@ -836,7 +836,7 @@ def main(args) -> int:
     if suites:  # where the report goes is checked before anything is rendered
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a folder; give a folder for the report")
-        from .spec import writable_dir
+        from .run.spec import writable_dir
 
         writable_dir(out)
     try:

@@ -4,7 +4,7 @@ sufficed (best-so-far validation accuracy against the number of trials), and whi
 hyperparameters mattered (``optuna.importance``, fANOVA).
 
 Read only: a storage file that is not there is never created (``open_storage``). Studies are
-found by the identity each stores (``bench.tune.study_cell``: a tuning study of the suite), never
+found by the identity each stores (``bench.run.study.study_cell``: a tuning study of the suite), never
 by their names; final-fit studies and studies of other versions are skipped. Rows are labelled as
 the leaderboard labels them (``identity.row_labels``, per backbone). The recipe-default trial is
 the one ``Runner`` enqueued first (user attribute ``recipe_default``); the tuned best is the best
@@ -72,7 +72,7 @@ def open_existing(spec: str | Path):
         if path.suffix == ".db":
             text = sqlite_url(path)
         else:
-            from .tune import open_storage
+            from .run.study import open_storage
 
             return open_storage(str(path), path.parent)
     if text.startswith("sqlite:"):
@@ -140,7 +140,7 @@ def collect(storage, suite, importances: bool = True) -> tuple[list[StudyResult]
     import optuna
 
     from .identity import row_labels
-    from .tune import ROLE_TUNING, study_cell, study_role
+    from .run.study import ROLE_TUNING, study_cell, study_role
 
     cells, skipped = {}, 0
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):

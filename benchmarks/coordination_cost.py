@@ -2,7 +2,7 @@
 
 Workers used to coordinate through claim studies (``claim:<key>#<n>``) and every check listed
 ALL studies of the storage, so a check got slower with every study a sweep had created. The
-checks of ``bench.coordination`` read one study each. This script measures both:
+checks of ``bench.run.coordination`` read one study each. This script measures both:
 
 (a) per-check cost with 100 and 10,000 unrelated studies in an SQLite storage, for the new checks
     and for the old one (``OldClaims.is_done``, the pre-issue-12 code copied below);
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import optuna
 
-from bench import tune
-from bench.coordination import FinalFits, TrialBudget, final_study_name, owner_alive, owner_id
+from bench.run import study as tune
+from bench.run.coordination import FinalFits, TrialBudget, final_study_name, owner_alive, owner_id
 
 warnings.filterwarnings("ignore")  # Optuna's experimental/heartbeat warnings, once per call
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""A whole sweep's coordination without the training: does ``bench.coordination`` run every unit
+"""A whole sweep's coordination without the training: does ``bench.run.coordination`` run every unit
 exactly once across many worker processes, and what does it cost per unit? (issue 12)
 
 Each worker is a separate process running ``Runner.run``'s loop over (method, task) pairs with a
@@ -69,8 +69,8 @@ class Records:
 
 def worker(args) -> None:
     import optuna
-    from bench import tune
-    from bench.coordination import FinalFits, TrialBudget, final_study_name, lease
+    from bench.run import study as tune
+    from bench.run.coordination import FinalFits, TrialBudget, final_study_name, lease
 
     out = Path(args.dir)
     stats = collections.defaultdict(lambda: [0, 0.0, 0.0])  # name -> calls, seconds, max seconds
@@ -347,7 +347,7 @@ def main() -> None:
     for sub in ("logs", "stats"):
         (Path(args.dir) / sub).mkdir()
     args.storage = args.storage or f"sqlite:///{Path(args.dir) / 'optuna.db'}"
-    from bench import tune
+    from bench.run import study as tune
 
     tune.open_storage(args.storage, Path(args.dir))  # the schema, before the workers race for it
     wall, errors, kills = sweep(args)

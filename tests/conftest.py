@@ -62,7 +62,7 @@ def find_study(storage, method: str, task: str, final: bool = False, **experimen
     experiment must also have (e.g. ``fixed=(("mode", "shallow"),)``, ``backbone="tiny_swin"``)."""
     import optuna
 
-    from bench.tune import ROLE_FINAL, ROLE_TUNING, study_cell, study_role
+    from bench.run.study import ROLE_FINAL, ROLE_TUNING, study_cell, study_role
 
     found = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):

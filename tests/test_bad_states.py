@@ -402,7 +402,7 @@ def _mid_run(strike: Callable[[Path], None], when: str = "trial 0") -> Callable[
     def command(tmp: Path) -> int:
         from unittest import mock
 
-        from bench import protocol
+        from bench.run import protocol
 
         struck = []
 

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench import coordination
-from bench.coordination import FinalFits, TrialBudget, reap_dead
-from bench.tune import open_storage, open_study
+from bench.run import coordination
+from bench.run.coordination import FinalFits, TrialBudget, reap_dead
+from bench.run.study import open_storage, open_study
 
 
 @pytest.fixture

@@ -415,7 +415,7 @@ def test_demo_checkpoint_is_small_headless_and_loads():
 
 
 def test_pretraining_is_deterministic():
-    from bench import pretrain_demo
+    from bench.commands import pretrain_demo
 
     runs = [pretrain_demo.pretrain(epochs=1, images=256, batch_size=128, log=lambda *_: None) for _ in range(2)]
     for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
@@ -423,7 +423,7 @@ def test_pretraining_is_deterministic():
 
 
 def test_pretraining_beats_random_init_on_linear_probes():
-    from bench import pretrain_demo
+    from bench.commands import pretrain_demo
     from bench.backbones import create_demo
 
     torch.manual_seed(pretrain_demo.SEED)

@@ -13,7 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 import methods
-from bench import protocol, tracking, tune
+from bench import tracking
+from bench.run import protocol
+from bench.run import study as tune
 from bench.cli import main
 from bench.errors import UserError
 from bench.identity import PROTOCOL_FIELDS, Cell, Experiment, row_labels

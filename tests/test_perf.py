@@ -12,7 +12,7 @@ import methods
 from bench import train
 from bench.backbones import create_backbone
 from bench.cli import main
-from bench.perf import lora_vs_peft, measure_method, median_step_seconds
+from bench.commands.perf import lora_vs_peft, measure_method, median_step_seconds
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_perf_times_dinov2_at_the_suites_image_size(monkeypatch):
         shapes.append(tuple(x.shape))
         raise StopIteration  # one step is enough to see the input
 
-    monkeypatch.setattr("bench.perf.train_step", spy)
+    monkeypatch.setattr("bench.commands.perf.train_step", spy)
     with pytest.raises(StopIteration):
         measure_method("linear", "vit_base_patch14_dinov2", "cpu", batch_size=1, steps=1)
     assert shapes == [(1, 3, 224, 224)]

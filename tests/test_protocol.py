@@ -10,11 +10,12 @@ import mlflow
 import optuna
 import pytest
 
-from bench import protocol, spec as spec_mod
-from bench.split_guard import SplitGuard
+from bench.run import protocol
+from bench.run import spec as spec_mod
+from bench.run.split_guard import SplitGuard
 from bench import tracking
 from bench.cli import main
-from bench.tune import open_study
+from bench.run.study import open_study
 
 
 def _spec(tmp_path, methods=("linear",), **overrides):

@@ -12,12 +12,14 @@ import torch
 
 import methods
 
-from bench import protocol, spec as spec_mod, tune
+from bench.run import protocol
+from bench.run import spec as spec_mod
+from bench.run import study as tune
 from bench import tracking, train
 from bench.cli import main
 from bench.errors import UserError
 from bench.identity import Experiment
-from bench.split_guard import ProtocolError, SplitGuard
+from bench.run.split_guard import ProtocolError, SplitGuard
 from conftest import find_study
 
 TASKS = "digits,count"

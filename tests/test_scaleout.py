@@ -74,7 +74,7 @@ def assert_storage_holds_the_sweep(out, budget: int, seeds) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from bench.tune import open_storage
+    from bench.run.study import open_storage
     storage = open_storage(None, out)
     pairs = [(m, t) for m in ("linear", "lora") for t in ("digits", "count")]
     assert len(optuna.get_all_study_summaries(storage)) == 2 * len(pairs)  # tuning + final-fit per pair, no other
@@ -128,7 +128,7 @@ def test_concurrent_workers_fill_the_budget_exactly(tmp_path, workers):
     import optuna
     from optuna.trial import TrialState
 
-    from bench.tune import open_storage
+    from bench.run.study import open_storage
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")

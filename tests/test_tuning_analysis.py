@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 import methods
 from bench import catalog, cli, tracking, tuning_analysis
 from bench.identity import Experiment
-from bench.tune import COMMON_DEFAULTS, ROLE_FINAL, ROLE_TUNING, open_storage, open_study
+from bench.run.study import COMMON_DEFAULTS, ROLE_FINAL, ROLE_TUNING, open_storage, open_study
 
 DEMO = catalog.load_suite("demo")
 SPACE = {"lr": FloatDistribution(5e-5, 5e-2, log=True), "weight_decay": FloatDistribution(1e-5, 1e-1, log=True),

@@ -1,7 +1,7 @@
 """Vectorised drawing of small synthetic images (numpy, float RGB in [0, 1], NHWC).
 
 Shared by the demo tasks (``demo_tasks``) and the demo backbone's upstream task
-(``bench.pretrain_demo``), so both draw objects, colours and noise the same way.
+(``bench.commands.pretrain_demo``), so both draw objects, colours and noise the same way.
 """
 from __future__ import annotations
 

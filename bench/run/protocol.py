@@ -9,7 +9,7 @@ MLflow run; finished ones are skipped on a rerun.
 Where things happen: ``Runner.tune`` asks trials of the study's budget (``TrialBudget``);
 ``Runner.finals`` queues a (method, task)'s final fits as waiting trials of its final-fit study
 and pops them (``FinalFits``); ``Runner.final_fit`` runs one fit and records it in MLflow, then
-in Optuna. ``bench.coordination`` says how workers divide the work.
+in Optuna. ``bench.run.coordination`` says how workers divide the work.
 """
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ import optuna
 
 import methods
 
-from . import backbones, tracking
-from .catalog import Task
+from .. import backbones, tracking
+from ..catalog import Task
 from .coordination import FinalFits, TrialBudget, final_study_name, lease, owner_alive, owner_id
-from .recipes import Setting
-from .identity import Cell, Experiment
+from ..recipes import Setting
+from ..identity import Cell, Experiment
 from .spec import RunSpec, build_backbone, writable_dir, weights_file
 from .split_guard import SplitGuard
-from .train import Diverged, PaperSchedule, TrainConfig, fit, head_only, seed_everything
-from .tune import (COMMON_DEFAULTS, ROLE_FINAL, FixedParams, best_params, common_search_space, open_storage, open_study, requeue,
+from ..train import Diverged, PaperSchedule, TrainConfig, fit, head_only, seed_everything
+from .study import (COMMON_DEFAULTS, ROLE_FINAL, FixedParams, best_params, common_search_space, open_storage, open_study, requeue,
                    sampler_seed, trial_position)
 
 
@@ -78,7 +78,7 @@ class Runner:
     # -- helpers -----------------------------------------------------------------------------
     def data_hash(self, task: str) -> str:
         if task not in self._data_hashes:
-            from .data import manifest_hash
+            from ..data import manifest_hash
 
             self._data_hashes[task] = manifest_hash(self.spec.suite, task, self.spec.data_root)
         return self._data_hashes[task]

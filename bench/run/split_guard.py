@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import backbones
+from .. import backbones
 
 if TYPE_CHECKING:
     from .spec import RunSpec
@@ -24,7 +24,7 @@ class SplitGuard:
         self.cache_dir = str(spec.out / "cache")
 
     def open(self, task: str, split: str, train: bool = False, flip: bool = False):
-        from .data import open_split
+        from ..data import open_split
 
         if split == self.spec.suite.splits.test and self.phase != "final":
             raise ProtocolError(f"the test split of {task} was requested during {self.phase}")

@@ -1,5 +1,5 @@
-"""`bench run` and `bench tune`: check the flags (``bench.spec``), then run the protocol
-(``bench.protocol``) in this process or in local workers (``bench.workers``), then render the
+"""`bench run` and `bench tune`: check the flags (``bench.run.spec``), then run the protocol
+(``bench.run.protocol``) in this process or in local workers (``bench.run.workers``), then render the
 leaderboard. Where a final fit is claimed, run and recorded: ``Runner.finals`` and
 ``Runner.final_fit`` in ``bench/protocol.py``.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import methods
 
-from . import backbones
-from .errors import UserError
-from .protocol import Runner
-from .recipes import load_recipe
-from .spec import METHOD_SETS, backbone_family, parse_methods, spec_from_args, writable_dir
-from .workers import parse_jobs, run_local_workers
+from .. import backbones
+from ..errors import UserError
+from ..run.protocol import Runner
+from ..recipes import load_recipe
+from ..run.spec import METHOD_SETS, backbone_family, parse_methods, spec_from_args, writable_dir
+from ..run.workers import parse_jobs, run_local_workers
 
 
 def main_run(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def main_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, names)
     jobs = parse_jobs(args.jobs, spec.device, args.force)
     if args.dry_run:
-        from .plan import print_plan
+        from ..run.plan import print_plan
 
         print_plan(spec)
         return 0
@@ -61,7 +61,7 @@ def main_run(args: argparse.Namespace) -> int:
         Runner(spec).run()
     print(f"bench run: done in {time.perf_counter() - start:.0f}s; MLflow: {spec.tracking_uri}", flush=True)
     if not args.no_report:
-        from . import report
+        from .. import report
 
         report.main(argparse.Namespace(suite=spec.suite.name, tracking_uri=spec.tracking_uri, storage=spec.storage,
                                        out=args.report_dir or str(spec.out), debug=False))

@@ -11,8 +11,8 @@ from tabulate import tabulate
 
 import methods
 
-from . import backbones
-from .errors import UserError
+from .. import backbones
+from ..errors import UserError
 
 
 def describe(backbone, num_classes: int) -> list[list[str]]:

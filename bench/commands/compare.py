@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import pandas as pd
 from tabulate import tabulate
 
-from . import catalog, report, tracking
-from . import stats as st
-from .errors import UserError
+from .. import catalog, report, tracking
+from .. import stats as st
+from ..errors import UserError
 
 
 def suite_rows(suite: catalog.Suite, all_runs: pd.DataFrame) -> pd.DataFrame:

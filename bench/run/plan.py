@@ -6,8 +6,8 @@ import torch
 
 import methods
 
-from .perf import seconds_per_call
-from .train import autocast, head_only, make_optimizer, train_step
+from ..commands.perf import seconds_per_call
+from ..train import autocast, head_only, make_optimizer, train_step
 
 
 def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int,
@@ -47,7 +47,7 @@ def estimate_seconds(spec, method: str, task, n_tune: int, n_val: int, n_final: 
 def print_plan(spec) -> None:
     from tabulate import tabulate
 
-    from .data import split_size
+    from ..data import split_size
     from .spec import build_backbone
 
     s = spec.suite

@@ -2,7 +2,7 @@
 
 Every backbone is built with ``timm.create_model(name, pretrained=False)`` and gets its weights
 only from a local file (``--pretrained FILE``), except ``demo``: a small ViT with ViT-B's module
-structure, pretrained by ``python -m bench.pretrain_demo`` (checkpoint committed under
+structure, pretrained by ``python -m bench.commands.pretrain_demo`` (checkpoint committed under
 ``bench/assets/``). Each registry entry says which family it belongs to (``methods.families``:
 where its blocks, Linears and norms are), the image size it runs at, its input normalisation
 (from timm's pretrained config of the weights users are told to pass) and that weights file.
@@ -42,9 +42,9 @@ import timm
 import torch
 import torch.nn as nn
 
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
 # Same module structure as ViT-B/16 (patch conv, class token, pre-norm blocks, fused qkv, MLP x4),
 # sized so that the whole demo suite trains on two CPU cores in minutes.
@@ -85,7 +85,7 @@ def _timm(name: str, family: str, tag: str, weights: str, unused: tuple[str, ...
 
 _REGISTRY = {b.name: b for b in (
     Backbone("demo", "vit", _build_demo, DEMO_CONFIG["img_size"], HALF, HALF,
-             "bench/assets/demo_vit.safetensors (committed; the default) or a `python -m bench.pretrain_demo` file",
+             "bench/assets/demo_vit.safetensors (committed; the default) or a `python -m bench.commands.pretrain_demo` file",
              DEMO_CHECKPOINT),
     _timm(REAL_BACKBONE, "vit", "vit_base_patch16_224.augreg_in21k",
           "ViT-B_16.npz (original ImageNet-21k release, the papers' weights) or "
@@ -483,6 +483,6 @@ def _npz_signature(shapes: dict) -> dict:
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a weights file, logged with every run so results name their exact weights."""
-    from .data.manifest import sha256_file
+    from ..data.manifest import sha256_file
 
     return sha256_file(Path(path))

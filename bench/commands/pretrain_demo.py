@@ -1,7 +1,7 @@
 """Pretrain the demo backbone on a generated upstream task and measure what it is worth.
 
-    python -m bench.pretrain_demo [--out PATH] [--epochs N] [--images N]   # writes bench/assets/demo_vit.safetensors
-    python -m bench.pretrain_demo --probe-only                              # linear probes of the committed file
+    python -m bench.commands.pretrain_demo [--out PATH] [--epochs N] [--images N]   # writes bench/assets/demo_vit.safetensors
+    python -m bench.commands.pretrain_demo --probe-only                              # linear probes of the committed file
 
 Upstream task (unlike the six demo tasks): 32x32 scenes of one main object -- one of 12 geometric
 shapes or 26 capital letters (Pillow's bundled font), any colour, size and angle -- plus up to two
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import DEMO_CHECKPOINT, create_demo
-from .data import open_split, shapes
+from ..backbones import DEMO_CHECKPOINT, create_demo
+from ..data import open_split, shapes
 
 SEED = 20240617
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -138,7 +138,7 @@ def save_backbone(backbone: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
     state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"upstream": "bench.pretrain_demo", "seed": str(SEED)})
+    save_file(state, str(path), metadata={"upstream": "bench.commands.pretrain_demo", "seed": str(SEED)})
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def probe_table(pretrained: nn.Module, tasks: list[str] | None = None, suite: st
     """Markdown table: linear-probe test accuracy per task, pretrained vs random initialisation (same seed)."""
     from tabulate import tabulate
 
-    from .catalog import load_suite
+    from ..catalog import load_suite
 
     torch.manual_seed(SEED)
     random_init = create_demo(pretrained=False)
@@ -182,7 +182,7 @@ def probe_table(pretrained: nn.Module, tasks: list[str] | None = None, suite: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.pretrain_demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.commands.pretrain_demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_CHECKPOINT, help=f"checkpoint path (default: {DEMO_CHECKPOINT})")
     parser.add_argument("--epochs", type=int, default=12, help="pretraining epochs (default: 12)")
     parser.add_argument("--images", type=int, default=32_000, help="upstream images (default: 32000)")

@@ -1,12 +1,12 @@
 """`--jobs N`: N local worker processes of the same command, sharing the run's stores; the
-coordination in the Optuna storage divides the work between them (``bench.coordination``)."""
+coordination in the Optuna storage divides the work between them (``bench.run.coordination``)."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 
-from .errors import UserError
+from ..errors import UserError
 from .protocol import open_stores
 from .spec import RunSpec, build_backbone, positive
 

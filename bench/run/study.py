@@ -2,7 +2,7 @@
 sampler and pruner, and the search space of the hyperparameters common to all methods.
 
 Studies live in a shared storage (SQLite under ``--out`` by default, PostgreSQL/MySQL by URL), so
-a rerun resumes and many workers can share one study; ``bench.coordination`` divides the work.
+a rerun resumes and many workers can share one study; ``bench.run.coordination`` divides the work.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import TrialState
 
-from . import catalog
+from .. import catalog
 from .coordination import GRACE_S, HEARTBEAT_S, RetryCallback
-from .errors import UserError, first_line
-from .identity import Cell
+from ..errors import UserError, first_line
+from ..identity import Cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -88,7 +88,7 @@ class TrialSeededTPE(BaseSampler):
 def default_storage_url(out: Path) -> str:
     """``sqlite:///<out>/optuna.db``; an ``out`` that no URL carries verbatim is a UserError
     (``tracking.sqlite_url``)."""
-    from .tracking import sqlite_url
+    from ..tracking import sqlite_url
 
     return sqlite_url(Path(out) / DEFAULT_STORAGE)
 
@@ -110,7 +110,7 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(backend)
         except OSError as exc:
             raise UserError(f"cannot open Optuna journal {path}: {exc.strerror or exc}") from None
-    from .tracking import check_sqlite, sqlite_path
+    from ..tracking import check_sqlite, sqlite_path
 
     check_sqlite(sqlite_path(url), "Optuna storage")  # damaged: one line, before a trial is written to it
     for attempt in range(4):  # workers started together race to create the tables; the losers retry

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import methods
 
-from . import backbones, tracking
-from .catalog import Suite, Task, load_suite
-from .errors import UserError
-from .recipes import Recipe, Setting, load_recipe
-from .identity import Experiment
-from .train import precision, resolve_device
+from .. import backbones, tracking
+from ..catalog import Suite, Task, load_suite
+from ..errors import UserError
+from ..recipes import Recipe, Setting, load_recipe
+from ..identity import Experiment
+from ..train import precision, resolve_device
 
 
 @dataclass
@@ -252,7 +252,7 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
     out = Path(args.out)
     tracking_uri = args.tracking_uri or tracking.default_tracking_uri(out)
     if not args.storage:  # the default Optuna storage's URL names --out: one no URL carries is refused now
-        from .tune import default_storage_url
+        from .study import default_storage_url
 
         default_storage_url(out)
     if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):

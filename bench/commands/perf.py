@@ -23,9 +23,9 @@ import torch
 
 import methods
 
-from . import backbones, tracking
-from .errors import UserError
-from .train import autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
+from .. import backbones, tracking
+from ..errors import UserError
+from ..train import autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
 
 # dense bf16 peak FLOP/s by device name, for the utilisation column
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -227,7 +227,7 @@ def measure_all(names: list[str], backbone_name: str, device: str, batch_size: i
     from methods.peft_tuners import PeftTuner
 
     uses_peft = any(isinstance(methods.get(name), PeftTuner) for name in names)
-    ctx.set_forkserver_preload(["torch", "timm", "methods", "bench.perf"] + (["peft"] if uses_peft else []))
+    ctx.set_forkserver_preload(["torch", "timm", "methods", "bench.commands.perf"] + (["peft"] if uses_peft else []))
     for name in names:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -295,7 +295,7 @@ def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
 def main(args: argparse.Namespace) -> int:
     if args.backbone not in backbones.BACKBONES:
         raise UserError(f"unknown backbone {args.backbone!r}; known: {', '.join(backbones.BACKBONES)}")
-    from .spec import check_methods_run_on, parse_methods
+    from ..run.spec import check_methods_run_on, parse_methods
 
     names = parse_methods(args.methods, backbones.get(args.backbone).family)
     check_methods_run_on(args.backbone, names)
