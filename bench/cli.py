@@ -205,21 +205,26 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # bad flag (exit 2, one line) or --help (exit 0)
         return exc.code if isinstance(exc.code, int) else 0
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: _resolve(args.handler)(args), args.debug)
+
+
+def run_guarded(call, debug: bool = False) -> int:
+    """``call()``'s exit code, with the errors a user can cause or meet as one line and exit 2
+    (``--debug``: the traceback). Every entry point runs through it: the CLI and local workers."""
     try:
-        return int(_resolve(args.handler)(args) or 0)
+        return int(call() or 0)
     except UserError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except _store_errors() as exc:  # evaluated only when something was raised: the libraries are loaded then
-        if args.debug:
+        if debug:
             raise
         print(f"error: {_store_failure(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:
-        if args.debug or exc.errno not in _DISK_FULL:
+        if debug or exc.errno not in _DISK_FULL:
             raise
         where = f"the disk holding {exc.filename}" if exc.filename else "the disk"
         print(f"error: {_disk_full(where, exc.strerror or 'no space left on device')}", file=sys.stderr)

@@ -3,7 +3,6 @@ failed on the code before its fix. The report's side (cells, stale marks, failed
 test_report.py, the methods' side (weight decay, head init, adapter fidelity) in test_methods.py."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import mlflow
@@ -19,10 +18,8 @@ from bench.run.study import open_study
 
 
 def _spec(tmp_path, methods=("linear",), **overrides):
-    args = dict(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0, seeds="1",
-                data_root=None, pretrained=None, device="cpu", out=str(tmp_path), tracking_uri=None,
-                storage=None, compile=False, force=False, hparam=[])
-    return spec_mod.spec_from_args(argparse.Namespace(**{**args, **overrides}), list(methods))
+    args = dict(suite="demo", tasks="digits", trials=1, epochs=1, seeds="1", device="cpu", out=str(tmp_path))
+    return spec_mod.build_spec(spec_mod.RunRequest(**{**args, **overrides}, methods=",".join(methods)))
 
 
 def _finals(out):

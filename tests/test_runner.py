@@ -2,7 +2,6 @@
 the test-split guard, determinism and bad flags."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import mlflow
@@ -150,11 +149,8 @@ def test_test_split_is_never_opened_before_the_final_fit(tmp_path, monkeypatch):
 
 
 def test_split_guard_refuses_test_outside_final(tmp_path):
-    args = spec_mod.spec_from_args(
-        argparse.Namespace(suite="demo", tasks="digits", trials=1, epochs=1, batch_size=None, workers=0,
-                                      seeds=None, data_root=None, pretrained=None, device="cpu", out=str(tmp_path),
-                                      tracking_uri=None, storage=None, compile=False, force=False, hparam=[]),
-        ["lora"])
+    args = spec_mod.build_spec(spec_mod.RunRequest(methods="lora", tasks="digits", trials=1, epochs=1,
+                                                   device="cpu", out=str(tmp_path)))
     guard = SplitGuard(args)
     with pytest.raises(ProtocolError):
         guard.open("digits", "test")

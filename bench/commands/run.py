@@ -1,13 +1,11 @@
-"""`bench run` and `bench tune`: check the flags (``bench.run.spec``), then run the protocol
-(``bench.run.protocol``) in this process or in local workers (``bench.run.workers``), then render the
-leaderboard. Where a final fit is claimed, run and recorded: ``Runner.finals`` and
-``Runner.final_fit`` in ``bench/protocol.py``.
+"""`bench run` and `bench tune`: the flags become one request and one spec (``bench.run.spec``),
+the protocol runs in this process or in local workers (``bench.run.workers``), then the
+leaderboard is rendered. How a run works: ``bench.run``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,27 +14,19 @@ import methods
 from .. import backbones
 from ..errors import UserError
 from ..run.protocol import Runner
-from ..recipes import load_recipe
-from ..run.spec import METHOD_SETS, backbone_family, parse_methods, spec_from_args, writable_dir
+from ..run.spec import METHOD_SETS, RunRequest, build_spec, writable_dir
 from ..run.workers import parse_jobs, run_local_workers
 
 
 def main_run(args: argparse.Namespace) -> int:
-    names = parse_methods(args.methods, backbone_family(args))
-    recipe = getattr(args, "recipe", None)
-    if recipe and args.methods.strip() in METHOD_SETS:  # those of the set the recipe has settings for
-        names = [m for m in names if m in load_recipe(recipe).methods]
-    spec = spec_from_args(args, names)
-    jobs = parse_jobs(args.jobs, spec.device, args.force)
+    spec = build_spec(RunRequest.from_args(args))
+    jobs = parse_jobs(args.jobs, spec)
     if args.dry_run:
         from ..run.plan import print_plan
 
         print_plan(spec)
         return 0
     start = time.perf_counter()
-    if os.environ.get("BENCH_WORKER"):  # one of the workers below: just work
-        Runner(spec).run()
-        return 0
     if not args.no_report and args.report_dir:  # checked now, not after all the fits
         writable_dir(Path(args.report_dir))
     studies = len(spec.methods) * len(spec.tasks)
@@ -54,7 +44,7 @@ def main_run(args: argparse.Namespace) -> int:
           f"{len(spec.tasks)} tasks{': ' if spec.recipe else ' = '}{work}; device {spec.device}; {jobs} worker{'s' if jobs > 1 else ''}",
           flush=True)
     if jobs > 1:
-        code = run_local_workers(spec, args.argv, jobs)
+        code = run_local_workers(spec, jobs)
         if code:
             return code
     else:
@@ -69,8 +59,7 @@ def main_run(args: argparse.Namespace) -> int:
 
 
 def main_tune(args: argparse.Namespace) -> int:
-    args.tasks = args.task
-    spec = spec_from_args(args, parse_methods(args.method))
+    spec = build_spec(RunRequest.from_args(args, methods=args.method, tasks=args.task))
     if len(spec.methods) != 1 or len(spec.tasks) != 1:
         raise UserError("bench tune takes one --method and one --task")
     runner = Runner(spec)

@@ -1,12 +1,14 @@
-"""What a `bench run` or `bench tune` will do, checked before anything is written: the run spec
-(suite, tasks, backbone, methods, seeds, protocol, stores), the parsing of its flags, and the
-names it gives its Optuna studies. A user error is one ``UserError`` line (exit 2).
+"""What a `bench run` or `bench tune` will do, checked before anything is written: the request
+(the flags as plain values), the run spec built from it once (suite, tasks, backbone, methods,
+seeds, protocol, stores), and the parsing of each flag. A user error is one ``UserError`` line
+(exit 2).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import methods
@@ -17,6 +19,53 @@ from ..errors import UserError
 from ..recipes import Recipe, Setting, load_recipe
 from ..identity import Experiment
 from ..train import precision, resolve_device
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `bench run` / `bench tune` was asked, as plain values (None: the suite's default).
+
+    The command builds it once from its flags; ``build_spec`` turns it into a ``RunSpec``; local
+    workers and cluster jobs receive it as JSON (``to_json``) and build the same spec from it,
+    never re-parsing a command line."""
+
+    suite: str = "demo"
+    methods: str = "all"  # names and sets, as given to --methods
+    tasks: str | None = None
+    backbone: str | None = None
+    seeds: str | None = None
+    trials: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    data_root: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+    out: str = "runs"
+    storage: str | None = None
+    tracking_uri: str | None = None
+    workers: int = 0
+    compile: bool = False
+    drop_path_rate: float | None = None
+    hparam: tuple[str, ...] = ()
+    force: bool = False
+    recipe: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> "RunRequest":
+        """The request of a parsed command line (flags a command does not have keep their default)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values.update(overrides)
+        values["hparam"] = tuple(values.get("hparam") or ())
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRequest":
+        values = json.loads(text)
+        values["hparam"] = tuple(values.get("hparam") or ())
+        return cls(**values)
 
 
 @dataclass
@@ -44,6 +93,7 @@ class RunSpec:
     drop_path_rate: float = 0.0  # --drop-path-rate: timm's stochastic depth for every fit (tuned runs)
     recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
     epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
+    request: RunRequest | None = None  # what it was built from: what workers receive
 
     def experiment(self, method: str, weights_sha256: str) -> Experiment:
         """The experiment ``method``'s runs belong to (``bench.identity``). Under a recipe, its name
@@ -196,45 +246,54 @@ def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbone
     return spec
 
 
-def check_recipe(args: argparse.Namespace, suite: Suite, tasks: list[Task], method_names: list[str]) -> Recipe | None:
+def check_recipe(request: RunRequest, suite: Suite, tasks: list[Task], method_names: list[str]) -> Recipe | None:
     """--recipe NAME: the recipe, if it has settings for the suite, every chosen method and task;
     flags that a recipe decides itself (--trials, --batch-size, --hparam) are refused."""
-    name = getattr(args, "recipe", None)
-    if not name:
+    if not request.recipe:
         return None
-    recipe = load_recipe(name)
-    for flag, value in (("--trials", args.trials), ("--batch-size", args.batch_size), ("--hparam", args.hparam),
-                        ("--drop-path-rate", getattr(args, "drop_path_rate", None))):
+    recipe = load_recipe(request.recipe)
+    for flag, value in (("--trials", request.trials), ("--batch-size", request.batch_size),
+                        ("--hparam", request.hparam), ("--drop-path-rate", request.drop_path_rate)):
         if value:
-            raise UserError(f"--recipe {name} sets the hyperparameters and batch size of every fit and runs no "
-                            f"trials: drop {flag}")
+            raise UserError(f"--recipe {request.recipe} sets the hyperparameters and batch size of every fit and "
+                            f"runs no trials: drop {flag}")
     for method in method_names:
         for task in tasks:
             recipe.setting(suite.name, task.name, method)  # UserError: no such suite or method
     return recipe
 
 
-def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec:
-    """Validate every flag before anything is written."""
-    suite = load_suite(args.suite)
-    tasks = suite.select(args.tasks)
-    backbone = getattr(args, "backbone", None) or suite.backbone  # callers without the flag: the suite's
+def chosen_methods(request: RunRequest, family: str) -> list[str]:
+    """``--methods`` on a backbone of ``family``; under a recipe, a set keeps the methods the
+    recipe has settings for."""
+    names = parse_methods(request.methods, family)
+    if request.recipe and request.methods.strip() in METHOD_SETS:
+        names = [m for m in names if m in load_recipe(request.recipe).methods]
+    return names
+
+
+def build_spec(request: RunRequest) -> RunSpec:
+    """The one place a request becomes a spec: every flag validated before anything is written."""
+    suite = load_suite(request.suite)
+    tasks = suite.select(request.tasks)
+    backbone = request.backbone or suite.backbone
+    method_names = chosen_methods(request, backbones.get(backbone).family)
     check_backbone(backbone, suite, method_names)
     for method in method_names:
         try:
             methods.get(method).check_available()
         except ImportError as exc:  # e.g. peft missing or of another series: one line, before anything is written
             raise UserError(str(exc)) from None
-    for value, what in ((args.trials, "--trials"), (args.epochs, "--epochs"), (args.batch_size, "--batch-size")):
+    for value, what in ((request.trials, "--trials"), (request.epochs, "--epochs"), (request.batch_size, "--batch-size")):
         positive(value, what)
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    seeds = parse_int_list(args.seeds, "--seeds", 0, MAX_SEED) or list(suite.recipe["seeds"])
-    if suite.needs_data_root and not args.data_root:
+    if request.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {request.workers}")
+    seeds = parse_int_list(request.seeds, "--seeds", 0, MAX_SEED) or list(suite.recipe["seeds"])
+    if suite.needs_data_root and not request.data_root:
         raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
-    if args.data_root and not Path(args.data_root).is_dir():
-        raise UserError(f"--data-root {args.data_root} does not exist or is not a folder")
-    pretrained, random_init = args.pretrained, args.pretrained == tracking.RANDOM_INIT
+    if request.data_root and not Path(request.data_root).is_dir():
+        raise UserError(f"--data-root {request.data_root} does not exist or is not a folder")
+    pretrained, random_init = request.pretrained, request.pretrained == tracking.RANDOM_INIT
     if random_init:
         pretrained = None  # asked for explicitly: a randomly initialised backbone
     elif pretrained is None and backbones.get(backbone).default_weights is None:
@@ -243,15 +302,15 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
                         f"{backbone} reads {backbones.get(backbone).weights}")
     elif pretrained and not Path(pretrained).is_file():
         raise UserError(f"pretrained weights file not found: {pretrained}")
-    recipe = check_recipe(args, suite, tasks, method_names)
-    drop_path_rate = getattr(args, "drop_path_rate", None) or 0.0
+    recipe = check_recipe(request, suite, tasks, method_names)
+    drop_path_rate = request.drop_path_rate or 0.0
     if not 0.0 <= drop_path_rate < 1.0:
         raise UserError(f"--drop-path-rate must be in [0, 1), got {drop_path_rate}")
-    device = resolve_device(args.device)
-    epochs = args.epochs or suite.recipe["epochs"]
-    out = Path(args.out)
-    tracking_uri = args.tracking_uri or tracking.default_tracking_uri(out)
-    if not args.storage:  # the default Optuna storage's URL names --out: one no URL carries is refused now
+    device = resolve_device(request.device)
+    epochs = request.epochs or suite.recipe["epochs"]
+    out = Path(request.out)
+    tracking_uri = request.tracking_uri or tracking.default_tracking_uri(out)
+    if not request.storage:  # the default Optuna storage's URL names --out: one no URL carries is refused now
         from .study import default_storage_url
 
         default_storage_url(out)
@@ -260,13 +319,13 @@ def spec_from_args(args: argparse.Namespace, method_names: list[str]) -> RunSpec
                         "or http://host:5000")
     return RunSpec(
         suite=suite, tasks=tasks, backbone=backbone, methods=method_names, seeds=seeds,
-        trials=0 if recipe else args.trials or suite.recipe["trials"], epochs=epochs,
+        trials=0 if recipe else request.trials or suite.recipe["trials"], epochs=epochs,
         warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
-        batch_size=args.batch_size or suite.recipe["batch_size"], data_root=args.data_root,
-        pretrained=pretrained, random_init=random_init, device=device, out=out, storage=args.storage,
-        tracking_uri=tracking_uri, workers=args.workers, compile=args.compile, force=args.force,
-        fixed=parse_fixed(args.hparam, method_names, backbone), drop_path_rate=drop_path_rate, recipe=recipe,
-        epochs_override=args.epochs if recipe else None)
+        batch_size=request.batch_size or suite.recipe["batch_size"], data_root=request.data_root,
+        pretrained=pretrained, random_init=random_init, device=device, out=out, storage=request.storage,
+        tracking_uri=tracking_uri, workers=request.workers, compile=request.compile, force=request.force,
+        fixed=parse_fixed(list(request.hparam), method_names, backbone), drop_path_rate=drop_path_rate,
+        recipe=recipe, epochs_override=request.epochs if recipe else None, request=request)
 
 
 def build_backbone(spec: RunSpec):
@@ -282,8 +341,3 @@ def weights_file(spec: RunSpec) -> Path | None:
     if spec.random_init:
         return None
     return Path(spec.pretrained) if spec.pretrained else backbones.get(spec.backbone).default_weights
-
-
-def backbone_family(args: argparse.Namespace) -> str:
-    """The family of the backbone a `bench run`/`tune` command asks for (the suite's by default)."""
-    return backbones.get(args.backbone or load_suite(args.suite).backbone).family

@@ -1,5 +1,9 @@
-"""`--jobs N`: N local worker processes of the same command, sharing the run's stores; the
-coordination in the Optuna storage divides the work between them (``bench.run.coordination``)."""
+"""`--jobs N`: N local worker processes of one run, sharing its stores; the coordination in the
+Optuna storage divides the work between them (``bench.run.coordination``).
+
+A worker receives the run's request as JSON (``RunRequest.to_json``) and builds the same spec from
+it (``python -m bench.run.workers REQUEST_JSON``): no command line is parsed again.
+"""
 from __future__ import annotations
 
 import os
@@ -7,35 +11,35 @@ import subprocess
 import sys
 
 from ..errors import UserError
-from .protocol import open_stores
-from .spec import RunSpec, build_backbone, positive
+from .protocol import Runner, open_stores
+from .spec import RunRequest, RunSpec, build_backbone, build_spec, positive
 
 
-def parse_jobs(text: str, device: str, force: bool = False) -> int:
+def parse_jobs(text: str, spec: RunSpec) -> int:
     """Local workers: one per core on CPU, one on GPU, one with --force (each worker would redo
     what the others just redid)."""
     if text == "auto":
-        return (os.cpu_count() or 1) if device == "cpu" and not force else 1
+        return (os.cpu_count() or 1) if spec.device == "cpu" and not spec.force else 1
     try:
         jobs = int(text)
     except ValueError:
         raise UserError(f"--jobs must be 'auto' or a positive integer, got {text!r}") from None
     positive(jobs, "--jobs")
-    if force and jobs > 1:
+    if spec.force and jobs > 1:
         raise UserError("--force redoes finished work and runs in one worker: drop --jobs or use --jobs 1")
     return jobs
 
 
-def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
-    """Start ``jobs`` copies of this command, one CPU thread each, sharing the run's stores; the
-    claims divide the work. Many small processes beat one process with many threads on the small
-    demo model (and two processes that each use every core slow each other down many times)."""
+def run_local_workers(spec: RunSpec, jobs: int) -> int:
+    """Start ``jobs`` worker processes, one CPU thread each, sharing the run's stores; the claims
+    divide the work. Many small processes beat one process with many threads on the small demo
+    model (and two processes that each use every core slow each other down many times)."""
     # check the weights and create the stores once, here, so that the workers never race to
     # initialise them and a user error shows once
     build_backbone(spec)
     open_stores(spec)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "BENCH_WORKER": "1"}
-    cmd = [sys.executable, "-m", "bench.cli", *argv, "--jobs", "1", "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", __name__, spec.request.to_json()]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
     try:
         codes = [p.wait() for p in procs]
@@ -44,3 +48,15 @@ def run_local_workers(spec: RunSpec, argv: list[str], jobs: int) -> int:
             p.terminate()
         raise
     return next((c if c > 0 else 1 for c in codes if c), 0)
+
+
+def work(request_json: str) -> int:
+    """One worker: the run's spec, rebuilt from its request, run to the end."""
+    Runner(build_spec(RunRequest.from_json(request_json))).run()
+    return 0
+
+
+if __name__ == "__main__":
+    from ..cli import run_guarded
+
+    sys.exit(run_guarded(lambda: work(sys.argv[1])))
