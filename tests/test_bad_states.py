@@ -402,7 +402,7 @@ def _mid_run(strike: Callable[[Path], None], when: str = "trial 0") -> Callable[
     def command(tmp: Path) -> int:
         from unittest import mock
 
-        from bench.run import protocol
+        from bench.run import context, finals, tuning
 
         struck = []
 
@@ -421,8 +421,9 @@ def _mid_run(strike: Callable[[Path], None], when: str = "trial 0") -> Callable[
                 once()
             return real_fit(model, train_ds, cfg, **kwargs)
 
-        real_say, real_fit = protocol.say, protocol.fit
-        with mock.patch.object(protocol, "say", say), mock.patch.object(protocol, "fit", fit):
+        real_say, real_fit = context.say, train.fit
+        with mock.patch.object(tuning, "say", say), mock.patch.object(finals, "say", say), \
+                mock.patch.object(train, "fit", fit):
             code = cli.main([a.format(tmp=tmp) for a in _TWO_TRIALS])
         assert struck, "the run never got there"
         return code
@@ -508,18 +509,18 @@ def _report_disk_full(tmp: Path) -> int:
     import errno
     from unittest import mock
 
-    from bench import report
+    from bench import files
 
     calls = []
 
-    def write_atomic(path, data):
+    def atomic_write_bytes(path, data):
         calls.append(path)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, data)
 
-    real = report.write_atomic
-    with mock.patch.object(report, "write_atomic", write_atomic):
+    real = files.atomic_write_bytes
+    with mock.patch.object(files, "atomic_write_bytes", atomic_write_bytes):
         return cli.main([a.format(tmp=tmp) for a in _REPORT])
 
 
@@ -761,11 +762,11 @@ def test_bench_run_sends_nothing_off_this_machine(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=oct)
 def test_report_files_follow_the_umask(tmp_path, umask):
-    from bench import report
+    from bench.files import atomic_write_bytes
 
     before = os.umask(umask)
     try:
-        report.write_atomic(tmp_path / "demo.md", b"# demo\n")
+        atomic_write_bytes(tmp_path / "demo.md", b"# demo\n")
     finally:
         os.umask(before)
     assert (tmp_path / "demo.md").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -12,7 +12,7 @@ import pytest
 from bench.run import protocol
 from bench.run import spec as spec_mod
 from bench.run.split_guard import SplitGuard
-from bench import tracking
+from bench import tracking, train
 from bench.cli import main
 from bench.run.study import open_study
 
@@ -66,7 +66,7 @@ def test_linear_probe_features_come_from_the_eval_transform(tmp_path, monkeypatc
     """Item 5: features are computed once and reused every epoch, so the linear probe must not
     read the training transform (FGVC: one random crop frozen for the whole run)."""
     seen = []
-    real_open, real_fit = SplitGuard.open, protocol.fit
+    real_open, real_fit = SplitGuard.open, train.fit
 
     def open_(self, task, split, train=False, flip=False):
         ds = real_open(self, task, split, train=train, flip=flip)
@@ -78,7 +78,7 @@ def test_linear_probe_features_come_from_the_eval_transform(tmp_path, monkeypatc
         return real_fit(model, train_ds, cfg, *args, **kwargs)
 
     monkeypatch.setattr(SplitGuard, "open", open_)
-    monkeypatch.setattr(protocol, "fit", fit)
+    monkeypatch.setattr(train, "fit", fit)
     runner = protocol.Runner(_spec(tmp_path, methods=("linear", "lora")))
     runner.run()
     train_splits = {"train800", "train800val200"}

@@ -279,7 +279,8 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 import bench.data  # noqa: E402
 from bench import backbones, report, tracking  # noqa: E402
-from bench import protocol, tune  # noqa: E402
+from bench import train  # noqa: E402
+from bench.run import study as tune  # noqa: E402
 from bench.cli import main  # noqa: E402
 from test_data import _vtab_task  # noqa: E402
 
@@ -312,7 +313,7 @@ def _recipe_args(vtab, out, *extra):
 
 def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, vtab, tmp_path, monkeypatch):
     configs, flips = {}, {}
-    real_fit, real_open = protocol.fit, bench.data.open_split
+    real_fit, real_open = train.fit, bench.data.open_split
 
     def spy_fit(model, train_ds, cfg, **kw):
         configs[cfg.desc.split()[0].split("/")[1]] = cfg
@@ -323,7 +324,7 @@ def test_a_recipe_run_trains_the_final_fits_with_the_papers_settings(tiny_vit, v
             flips[task] = kw["flip"]
         return real_open(suite, task, split, **kw)
 
-    monkeypatch.setattr(protocol, "fit", spy_fit)
+    monkeypatch.setattr(train, "fit", spy_fit)
     monkeypatch.setattr(bench.data, "open_split", spy_open)
     out = tmp_path / "runs"
     assert main(_recipe_args(vtab, out, "--epochs", "2")) == 0
@@ -406,13 +407,13 @@ def test_tuned_runs_take_a_drop_path_rate_and_keep_it_apart(tmp_path, monkeypatc
     """--drop-path-rate on a tuned run: every fit trains with it, it is logged and part of the
     run's identity, so its row is apart from the default runs'; out of range is one line."""
     rates = []
-    real_fit = protocol.fit
+    real_fit = train.fit
 
     def spy_fit(model, train_ds, cfg, **kw):
         rates.append(cfg.drop_path_rate)
         return real_fit(model, train_ds, cfg, **kw)
 
-    monkeypatch.setattr(protocol, "fit", spy_fit)
+    monkeypatch.setattr(train, "fit", spy_fit)
     out = tmp_path / "runs"
     base = ["run", "--methods", "lora", "--tasks", "count", "--epochs", "1", "--trials", "1", "--seeds", "1",
             "--out", str(out), "--jobs", "1", "--no-report"]

@@ -91,12 +91,12 @@ def test_interrupted_run_resumes_without_doing_a_final_twice(tmp_path, monkeypat
                 raise KeyboardInterrupt
         return real_fit(model, train_ds, cfg, eval_ds, eval_every_epoch, on_epoch)
 
-    monkeypatch.setattr(protocol, "fit", flaky_fit)
+    monkeypatch.setattr(train, "fit", flaky_fit)
     assert main(micro_args(tmp_path)) == 130
     assert len(final_runs(tmp_path)) == 2
     assert len(final_runs(tmp_path, status="KILLED")) == 1
 
-    monkeypatch.setattr(protocol, "fit", real_fit)
+    monkeypatch.setattr(train, "fit", real_fit)
     assert main(micro_args(tmp_path)) == 0
     finished = final_runs(tmp_path)
     keys = [r.data.tags["run_key"] for r in finished]

@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 from ..errors import UserError
-from .protocol import Runner, open_stores
+from .context import open_stores
+from .protocol import Runner
 from .spec import RunRequest, RunSpec, build_backbone, build_spec, positive
 
 
