@@ -18,9 +18,8 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
-from bench.backbones import (
-    DEMO_CHECKPOINT, DEMO_CONFIG, REAL_BACKBONE, create_backbone, create_demo, file_sha256, vit_npz_arrays,
-)
+from bench.backbones import DEMO_CHECKPOINT, DEMO_CONFIG, REAL_BACKBONE, create_backbone, create_demo, file_sha256
+from bench.backbones.weights import vit_npz_arrays
 from bench.cli import main
 from bench.errors import UserError
 

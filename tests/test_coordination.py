@@ -160,7 +160,7 @@ def _take_all(out, queue) -> None:
 
 def test_processes_taking_waiting_fits_together_each_get_their_own(tmp_path):
     """Six processes take 100 waiting fits from one SQLite study at once. Without BEGIN IMMEDIATE
-    (``tune.serialize_sqlite``) SQLite handed one waiting trial to two workers (Optuna's
+    (``bench.compat.optuna_storage.serialize_sqlite``) SQLite handed one waiting trial to two workers (Optuna's
     read-then-write of its state is not atomic there); this failed on every try."""
     import multiprocessing as mp
 

@@ -40,6 +40,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from ..compat import optuna_storage
+
 # Optuna marks the heartbeat API experimental and warns that heartbeats are meant for
 # ``Study.optimize``; we drive them through ask-and-tell on purpose (``lease``).
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -84,37 +86,26 @@ def final_study_name(tuning_study: str) -> str:
     return tuning_study + FINAL_SUFFIX
 
 
-def _trial_id(storage, study: optuna.Study, number: int) -> int:
-    """The storage's id of a trial, through the storage's public API (``Trial`` keeps it private)."""
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
-
-
-def _heartbeat_interval(storage) -> int | None:
-    """The storage's heartbeat interval; None when it has none (the journal, or an RDB without)."""
-    interval = getattr(storage, "get_heartbeat_interval", None)  # Optuna's BaseHeartbeat, i.e. RDBStorage
-    return interval() if interval is not None else None
-
-
 @contextmanager
 def lease(storage, study: optuna.Study, trial: optuna.Trial):
     """While a worker runs ``trial``: its heartbeat every ``heartbeat_interval`` seconds, on a
     storage that has one (``study.optimize`` runs the same thread for its own trials;
     ask-and-tell leaves it to the caller)."""
-    interval = _heartbeat_interval(storage)
+    interval = optuna_storage.heartbeat_interval(storage)
     if interval is None:
         yield
         return
-    trial_id = _trial_id(storage, study, trial.number)
+    trial_id = optuna_storage.trial_id(storage, study, trial.number)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                storage.record_heartbeat(trial_id)
+                optuna_storage.record_heartbeat(storage, trial_id)
             except Exception:  # a database hiccup: the next beat retries; grace_period covers several
                 pass
 
-    storage.record_heartbeat(trial_id)
+    optuna_storage.record_heartbeat(storage, trial_id)
     thread = threading.Thread(target=beat, name=f"heartbeat-{study.study_name}-{trial.number}", daemon=True)
     thread.start()
     try:
@@ -141,10 +132,7 @@ def reap_dead(storage, study: optuna.Study, owner_grace_s: float = OWNER_GRACE_S
     retry = RetryCallback()
     failed = 0
     for t in dead:
-        try:
-            if not storage.set_trial_state_values(_trial_id(storage, study, t.number), TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        if not optuna_storage.fail_running(storage, study, t.number):
             continue  # another worker failed it first, and re-enqueued it
         retry(study, t)
         failed += 1
@@ -219,21 +207,13 @@ class FinalFits:
         """A waiting fit for this worker, or None when none waits. Run it inside ``lease``, tell it.
 
         ``study.ask()`` would pop a waiting trial too, but creates a new one when another worker
-        took the last. So the trial is taken with the storage's own compare-and-set,
-        ``set_trial_state_values(RUNNING)``, which succeeds only on a WAITING trial. This is what
-        ``ask`` does inside. The ``Trial`` is then built with its public constructor, as ``ask``
-        builds it."""
+        took the last. So the trial is claimed with the storage's own compare-and-set
+        (``bench.compat.optuna_storage.claim_waiting``), which is what ``ask`` does inside."""
         reap_dead(self.storage, self.study)
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
         for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, waiting.number)
-            try:
-                if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                    continue  # another worker took it first
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            self.storage.set_trial_user_attr(trial_id, "owner", owner_id())
-            trial = optuna.Trial(self.study, trial_id)
+            trial = optuna_storage.claim_waiting(self.storage, self.study, waiting.number, owner_id())
+            if trial is None:
+                continue  # another worker took it first
             key = trial.user_attrs.get("run_key")
             live = self.study.get_trials(deepcopy=False, states=LIVE)
             if any(t.number < trial.number and t.user_attrs.get("run_key") == key for t in live):

@@ -15,6 +15,7 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import TrialState
 
 from .. import catalog
+from ..compat import optuna_storage
 from .coordination import GRACE_S, HEARTBEAT_S, RetryCallback
 from ..errors import UserError, first_line
 from ..identity import Cell
@@ -121,7 +122,7 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
                                                  grace_period=GRACE_S,
                                                  heartbeat_stale_trial_callback=RetryCallback())
             if url.startswith("sqlite"):
-                serialize_sqlite(storage)
+                optuna_storage.serialize_sqlite(storage)
             return storage
         except ImportError as exc:
             raise UserError(f"cannot open Optuna storage {url!r}: {exc} (for PostgreSQL: "
@@ -132,23 +133,6 @@ def open_storage(url: str | None, out: Path) -> optuna.storages.BaseStorage:
                 time.sleep(1 + attempt)
                 continue
             raise UserError(f"cannot open Optuna storage {url!r}: {first_line(exc)}") from None
-
-
-def serialize_sqlite(storage: optuna.storages.RDBStorage) -> None:
-    """Make each of the storage's SQLite transactions take the database's write lock when it
-    begins (``BEGIN IMMEDIATE``: SQLAlchemy's documented recipe for pysqlite).
-
-    Optuna's RDB storage reads a trial's state, then writes it. It relies on ``SELECT ... FOR
-    UPDATE`` to make the pair atomic; PostgreSQL and MySQL honour that, but SQLite ignores it,
-    and pysqlite begins a transaction only at its first write. So two workers could both read
-    WAITING and both set RUNNING: one waiting trial handed to two workers. The sweep simulation
-    (``benchmarks/sweep_simulation.py``) saw this 7 times in 500 units, and one final fit ran
-    twice. With the lock taken at BEGIN, the read and the write are one step."""
-    from sqlalchemy import event
-
-    event.listen(storage.engine, "connect", lambda dbapi_con, _: setattr(dbapi_con, "isolation_level", None))
-    event.listen(storage.engine, "begin", lambda con: con.exec_driver_sql("BEGIN IMMEDIATE"))
-    storage.engine.dispose()  # the connections that created the tables predate the listeners
 
 
 def sampler_seed(cell: Cell) -> int:
