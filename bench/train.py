@@ -8,10 +8,8 @@ A head-only model (the linear probe) trains on backbone features computed once p
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import random
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +28,9 @@ from tqdm.auto import tqdm
 import methods
 # timm's stochastic depth and RLRR's residual dropout, by the backbone family's layout
 from methods.families import set_drop_path, set_residual_dropout
+
+from .checkpoints import BadCheckpoint, Progress, load_checkpoint, save_checkpoint
+from .device import autocast, peak_memory_mb, start_measuring
 
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
@@ -92,26 +93,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> str:
-    from .errors import UserError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    return name
-
-
-def peak_memory_mb(device: str) -> float:
-    """CUDA max allocated on GPU; the process's peak resident set on CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
     """AdamW over trainable tensors; ``weight_decay`` only where the model's method decays them
     (``Method.decays``: the rule of the method's official code), none elsewhere."""
@@ -152,19 +133,6 @@ def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRSc
 def head_only(model: nn.Module) -> bool:
     """True when only the classifier head trains (linear probe): features can be cached."""
     return methods.count_trainable(model, exclude_head=True) == 0
-
-
-def precision(device: str) -> str:
-    """The precision a run trains in on ``device``: bf16 autocast on GPU, fp32 elsewhere (part of
-    the experiment's identity: ``bench.identity``)."""
-    return "bf16" if device.startswith("cuda") else "fp32"
-
-
-def autocast(device: str):
-    """bf16 autocast on GPU; a no-op context on CPU."""
-    if precision(device) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: str) -> DataLoader:
@@ -241,108 +209,6 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
     return 100.0 * correct / max(total, 1), total / max(seconds, 1e-9)
 
 
-def _trainable_state(model: nn.Module) -> dict:
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@dataclass
-class _Progress:
-    """How far a fit has got: what a checkpoint saves after each epoch and a resume starts from."""
-    epoch: int = -1  # the last finished epoch
-    step: int = 0  # optimizer steps taken
-    history: list[dict] = field(default_factory=list)  # the finished epochs' metrics
-    train_seconds: float = 0.0  # training time (the linear probe's feature extraction included)
-    images: int = 0  # training images seen
-
-
-class _BadCheckpoint(Exception):
-    """A checkpoint that cannot be resumed from; the message says why, in a few words."""
-
-
-_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", *(f.name for f in dataclasses.fields(_Progress)))
-
-
-def _save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, progress: _Progress) -> None:
-    """Trainable tensors, optimizer and RNG states after an epoch: tensors and plain values only
-    (read back with ``weights_only=True``, so a checkpoint can never run code), written atomically,
-    with its SHA-256 beside it (``<name>.sha256``, checked before it is read)."""
-    from .data.decoded_cache import write_checksum
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC),
-    torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),  # not torch's RuntimeError
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **dataclasses.asdict(progress)}, buffer)
-    data = buffer.getvalue()
-    tmp.write_bytes(data)
-    # the checksum first: a crash between the two renames leaves a mismatch, i.e. a restart
-    write_checksum(path, of=data)
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, epochs: int,
-                     steps_per_epoch: int) -> dict:
-    """Restore what ``_save_checkpoint`` saved, all or nothing: ``_BadCheckpoint`` (and nothing
-    changed) when the file does not match its checksum, holds anything but tensors and plain
-    values, or does not fit this fit (its parameters, its epochs and steps)."""
-    import pickle
-
-    from .data.decoded_cache import checksum_problem
-    from .errors import first_line
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise _BadCheckpoint(f"it cannot be read ({exc.strerror or exc})") from None
-    problem = checksum_problem(path, data)
-    if problem:
-        raise _BadCheckpoint(problem)
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise _BadCheckpoint("it holds objects other than tensors and plain values (not loaded: they could "
-                             "run code)") from None
-    except Exception as exc:  # a corrupt zip, a truncated record ...: torch raises many types
-        raise _BadCheckpoint(f"it cannot be read ({first_line(exc, 120)})") from None
-    _check_checkpoint(state, model, generator, epochs, steps_per_epoch)
-    before = optimizer.state_dict()
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except Exception as exc:
-        optimizer.load_state_dict(before)
-        raise _BadCheckpoint(f"it holds another optimizer's state ({first_line(exc, 120)})") from None
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["model"].items():
-            params[name].copy_(value)
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return state
-
-
-def _check_checkpoint(state, model: nn.Module, generator: torch.Generator, epochs: int, steps_per_epoch: int) -> None:
-    """``_BadCheckpoint`` unless ``state`` is what ``_save_checkpoint`` writes for this model and fit."""
-    if not isinstance(state, dict) or set(state) != set(_CHECKPOINT_KEYS):
-        raise _BadCheckpoint("it is not a checkpoint of this tool")
-    trainable = _trainable_state(model)
-    saved = state["model"]
-    if (not isinstance(saved, dict) or set(saved) != set(trainable)
-            or any(not isinstance(v, torch.Tensor) or v.shape != trainable[k].shape for k, v in saved.items())):
-        raise _BadCheckpoint("it holds the tensors of another model")
-    for key, like in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
-        value = state[key]
-        if not isinstance(value, torch.Tensor) or value.dtype != like.dtype or value.shape != like.shape:
-            raise _BadCheckpoint(f"it holds no valid {key} state")
-    epoch, step, history = state["epoch"], state["step"], state["history"]
-    if not (isinstance(epoch, int) and -1 <= epoch < epochs - 1 and step == (epoch + 1) * steps_per_epoch
-            and isinstance(history, list) and len(history) == epoch + 1
-            and all(isinstance(h, dict) for h in history) and isinstance(state["images"], int)
-            and isinstance(state["train_seconds"], (int, float))):
-        raise _BadCheckpoint(f"it does not fit this fit of {epochs} epochs of {steps_per_epoch} steps")
-
-
 def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                device: str) -> torch.Tensor:
     """One optimizer step; returns the detached loss without a host sync (the caller checks it
@@ -373,13 +239,6 @@ class _LrSteps:
         """The lr for the step after optimizer step number ``step`` (also where a resume starts)."""
         if not self.per_epoch:
             self.scheduler.step_update(step)
-
-
-def _start_measuring(device: str) -> float:
-    """The wall-clock start of a fit; on GPU, its peak memory is counted from here."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    return time.perf_counter()
 
 
 def _to_device(model: nn.Module, device: str) -> None:
@@ -419,21 +278,21 @@ def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
 
 
 def _resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator,
-            lr: _LrSteps, epochs: int, steps_per_epoch: int) -> _Progress | None:
+            lr: _LrSteps, epochs: int, steps_per_epoch: int) -> Progress | None:
     """The progress saved in the checkpoint at ``path``, with the trainable tensors, optimizer,
     RNG states and lr schedule restored to where it was saved; None when there is no checkpoint,
     or (with one warning line, the file removed) when it cannot be used: the fit starts afresh."""
     if not path or not Path(path).is_file():
         return None
     try:
-        state = _load_checkpoint(path, model, optimizer, generator, epochs, steps_per_epoch)
-    except _BadCheckpoint as exc:
+        state = load_checkpoint(path, model, optimizer, generator, epochs, steps_per_epoch)
+    except BadCheckpoint as exc:
         from .data.decoded_cache import remove_with_checksum
 
         print(f"warning: checkpoint {path} not used: {exc}; the fit restarts from scratch", file=sys.stderr, flush=True)
         remove_with_checksum(path)
         return None
-    progress = _Progress(**{f.name: state[f.name] for f in dataclasses.fields(_Progress)})
+    progress = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})
     lr.after_step(progress.step)
     return progress
 
@@ -447,7 +306,7 @@ def _mean_loss(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> floa
 
 
 def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _LrSteps, bar,
-                 progress: _Progress, epoch: int, device: str) -> dict:
+                 progress: Progress, epoch: int, device: str) -> dict:
     """Train one epoch; counts it into ``progress`` and returns its metrics: the mean training loss
     (checked every ``CHECK_EVERY`` steps and at the end), the lr of its last step and the fraction
     of its time its steps waited for their batches."""
@@ -478,7 +337,7 @@ def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _
             "data_wait_frac": data_wait / max(epoch_seconds, 1e-9)}
 
 
-def _measured(result: FitResult, progress: _Progress, device: str, wall_start: float) -> FitResult:
+def _measured(result: FitResult, progress: Progress, device: str, wall_start: float) -> FitResult:
     """``result`` with the fit's training throughput, peak memory and wall time."""
     result.train_img_per_s = progress.images / max(progress.train_seconds, 1e-9)
     # on GPU the run's own peak (reset at its start); on CPU a process's peak RSS spans every run it
@@ -499,8 +358,12 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     """
     device = cfg.device
     seed_everything(cfg.seed)
-    wall_start = _start_measuring(device)
+    wall_start = start_measuring(device)
     _to_device(model, device)
+    method = methods.get(model.peft_method)
+    if method.needs_training_data:  # GPS: choose what trains from a pass over this fit's training split only
+        batches = _loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.workers, device)
+        method.select(model, ((x.to(device), torch.as_tensor(y).to(device)) for x, y in batches), cfg.seed)
     features = head_only(model)
     extract_seconds = 0.0
     if features:  # linear probe: one backbone pass per split, then train the head alone
@@ -510,7 +373,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     lr = _LrSteps(optimizer, cfg, len(loader))
     progress = (_resume(cfg.checkpoint, model, optimizer, loader.generator, lr, cfg.epochs, len(loader))
-                or _Progress(train_seconds=extract_seconds))
+                or Progress(train_seconds=extract_seconds))
     result = FitResult(history=progress.history)
     bar = tqdm(total=cfg.epochs * len(loader), initial=progress.step, desc=cfg.desc or "train", leave=False,
                disable=None, dynamic_ncols=True)
@@ -524,7 +387,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                 bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{result.eval_acc:.1f}")
             progress.history.append(metrics)
             if cfg.checkpoint and epoch < cfg.epochs - 1:
-                _save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, progress)
+                save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, progress)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     finally:

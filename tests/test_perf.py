@@ -12,7 +12,8 @@ import methods
 from bench import train
 from bench.backbones import create_backbone
 from bench.cli import main
-from bench.commands.perf import lora_vs_peft, measure_method, median_step_seconds
+from bench.commands.perf import lora_vs_peft, measure_method
+from bench.device import autocast, median_step_seconds
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,7 @@ def test_merged_model_evaluates_at_backbone_speed(name):
     x = torch.randn(64, 3, 32, 32)
 
     def forward(m):
-        with torch.no_grad(), train.autocast("cpu"):
+        with torch.no_grad(), autocast("cpu"):
             m(x)
 
     threads = torch.get_num_threads()

@@ -15,8 +15,6 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -25,45 +23,11 @@ import methods
 
 from .. import backbones, tracking
 from ..errors import UserError
-from ..train import autocast, make_optimizer, peak_memory_mb, resolve_device, train_step
+from ..device import (autocast, current_memory_mb, median_step_seconds, peak_flops, peak_memory_mb, resolve_device,
+                      seconds_per_call)
+from ..train import make_optimizer, train_step
 
-# dense bf16 peak FLOP/s by device name, for the utilisation column
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 NUM_CLASSES = 100
-
-
-def seconds_per_call(fn, steps: int, device: str, warmup: int = 2) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` calls (GPU work included: synchronised)."""
-    for _ in range(warmup):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
-
-
-def median_step_seconds(steps_fns: dict, steps: int, device: str, warmup: int = 3) -> dict:
-    """Median seconds of one call of each function in ``steps_fns`` (name -> callable), the calls
-    alternating between them (ABBA order), so that every function sees the same machine load."""
-    names = list(steps_fns)
-    for _ in range(warmup):
-        for name in names:
-            steps_fns[name]()
-    times = {name: [] for name in names}
-    for i in range(steps):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            steps_fns[name]()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _adamw(model, device: str) -> torch.optim.AdamW:
@@ -127,23 +91,6 @@ def render_vs_peft(rows: list[dict], backbone_name: str, batch_size: int) -> str
             f"alternating in one process; median of {steps} steps each.\n\n{text}\n")
 
 
-def _current_memory_mb(device: str) -> float:
-    """Memory in use now: CUDA allocated on GPU, the resident set (from /proc) on CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.memory_allocated() / 2**20
-    import resource
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _peak_flops(device: str) -> float | None:
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
 def _train_flops(model, x, y, device: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -171,7 +118,7 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
 
     opt = make_optimizer(model, 1e-4, 0.0, device)
     model.train()
-    before = _current_memory_mb(device)
+    before = current_memory_mb(device)
     row["train_img_s"] = batch_size / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device)
     if compile:
         compiled = torch.compile(model)
@@ -184,7 +131,7 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
             feats = model.forward_head(model.forward_features(x), pre_logits=True).float()
         row["train_img_s_cached"] = batch_size / seconds_per_call(lambda: train_step(model.head, opt, feats, y, device),
                                                         steps, device)
-    peak = _peak_flops(device)
+    peak = peak_flops(device)
     if peak:
         flops = _train_flops(model, x, y, device)
         row["mfu_pct"] = 100.0 * flops * row["train_img_s"] / batch_size / peak

@@ -6,8 +6,8 @@ import torch
 
 import methods
 
-from ..commands.perf import seconds_per_call
-from ..train import autocast, head_only, make_optimizer, train_step
+from ..device import autocast, seconds_per_call
+from ..train import head_only, make_optimizer, train_step
 
 
 def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int,

@@ -18,7 +18,7 @@ from ..catalog import Suite, Task, load_suite
 from ..errors import UserError
 from ..recipes import Recipe, Setting, load_recipe
 from ..identity import Experiment
-from ..train import precision, resolve_device
+from ..device import precision, resolve_device
 
 
 @dataclass(frozen=True)
