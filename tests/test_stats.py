@@ -1,8 +1,8 @@
 """Issue 15, which differences are real: the statistics of `bench report` and `bench compare` on a
 synthetic VTAB-1k MLflow store written through the runner's own tracking code, and the pure
-functions of bench/stats.py and bench/tradeoff.py on examples worked by hand. Issue 25: the
-direction of a pair from its signed ranks, zero differences split, the interval over seeds, rows
-with failed seeds left out of the tests, and a diagram caption that lists its bars."""
+functions of bench/report/stats.py and bench/report/tradeoff.py on examples worked by hand. Issue
+25: the direction of a pair from its signed ranks, zero differences split, the interval over seeds,
+rows with failed seeds left out of the tests, and a diagram caption that lists its bars."""
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +19,11 @@ import pytest
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
-from bench import catalog, cli, stats, stats_report, tracking, tradeoff
+from bench import catalog, cli, tracking
 from bench.identity import Experiment
+from bench.report import stats, stats_section, tradeoff
+from bench.report.format import fmt_p
+from bench.report.stats_json import to_json
 
 VTAB = catalog.load_suite("vtab1k")
 SEEDS = (1, 2, 3, 4, 5)
@@ -236,7 +239,7 @@ def test_compare_verdicts(vtab_store, vtab_report, capsys):
     for p in js["pairwise"]:
         assert cli.main(["compare", p["a"], p["b"], "--tracking-uri", vtab_store]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert f"p (Holm) = {stats.fmt_p(p['p_holm'])}." in next(line for line in out if line.startswith("Holm"))
+        assert f"p (Holm) = {fmt_p(p['p_holm'])}." in next(line for line in out if line.startswith("Holm"))
     assert cli.main(["compare", "bitfit", "ia3", "--suite", "vtab1k", "--tracking-uri", vtab_store]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith(
         "no significant difference between bitfit and ia3: p (Holm) = ")
@@ -268,7 +271,7 @@ def test_omitted_with_one_row_or_four_tasks():
     assert four.omitted.startswith("the compared rows share 4 task(s); tests over tasks need at least 5")
     one = stats.analyse(runs[runs["label"] == "a"], ["t1", "t2", "t3", "t4"], n_boot=200)
     assert one.omitted.startswith("1 row(s) have a final run for every one of the 4 tasks")
-    js = stats.to_json(one)
+    js = to_json(one)
     assert js["friedman_p"] is None and js["pairwise"] == [] and js["average_rank"] == {}
 
 
@@ -315,12 +318,12 @@ def test_tradeoff_fronts_skip_unranked_rows_and_the_linear_probe():
 
 CD_SCRIPT = """
 import hashlib
-from bench import stats, stats_report
+from bench.report import stats, stats_section
 rows = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
 s = stats.SuiteStats([f"t{i}" for i in range(6)], rows, [], {r: i + 1.0 for i, r in enumerate(rows)}, {})
 s.pairs = [stats.Pair(a, b, s.tasks, 1.0, (0.0, 2.0), 0.01, 6, 0, 0, 0.5 if j - i <= 2 else 0.01)
            for i, a in enumerate(rows) for j, b in enumerate(rows) if i < j]
-print(hashlib.sha256(stats_report.cd_png(s, "T")).hexdigest())
+print(hashlib.sha256(stats_section.cd_png(s, "T")).hexdigest())
 """
 
 
@@ -380,12 +383,12 @@ def test_direction_comes_from_the_signed_ranks_not_the_mean():
     # not significant: no direction claimed, whatever the ranks
     assert p.verdict(0.2) == "no significant difference between A and B: p = 0.200, A better on 17/19 tasks"
     # the table says it too: the ranks' favourite, its sums, and ¶ where the mean disagrees
-    lines = stats_report.section(s, None)
-    assert "| A   | B   | -1.66               |" in stats_report.pair_rows(s.pairs)
-    assert "| A (153 / 37) ¶                  |" in stats_report.pair_rows(s.pairs)
+    lines = stats_section.section(s, None)
+    assert "| A   | B   | -1.66               |" in stats_section.pair_rows(s.pairs)
+    assert "| A (153 / 37) ¶                  |" in stats_section.pair_rows(s.pairs)
     assert ("- ¶ A vs B: the signed ranks favour A, the mean difference (-1.66) the other row (significant: the "
             "verdict follows the ranks).") in lines
-    pair_js, = stats.to_json(s)["pairwise"]
+    pair_js, = to_json(s)["pairwise"]
     assert (pair_js["favours"], pair_js["w_plus"], pair_js["w_minus"]) == ("A", 153.0, 37.0)
 
 
@@ -442,7 +445,7 @@ def test_interval_over_seeds_bad_and_edge_inputs():
     assert s.mean_ci95["same"] == (60.0, 60.0)  # three equal seeds: zero width, not NaN
     for label, n in (("two", 2), ("one", 1), ("ragged", None)):
         assert all(np.isnan(s.mean_ci95[label])) and s.ci_seeds[label] == n
-    js = stats.to_json(s)
+    js = to_json(s)
     assert js["mean_ci95"]["two"] is None and js["mean_ci95"]["ragged"] is None
     assert js["mean_ci95_seeds"] == {"four": 4, "one": 1, "partial": 3, "ragged": None, "same": 3, "two": 2}
     assert all(np.isnan(stats.t_interval(np.array([]))))
@@ -469,9 +472,9 @@ def test_rows_with_failed_seeds_are_left_out_of_ranks_and_tests():
     assert s.friedman == pytest.approx(tuple(scipy.stats.friedmanchisquare(
         *[stats.cell_means(runs).loc[r, tasks] for r in ("a", "b", "d")])))
     assert "c" in s.mean_ci95  # still a CI (over its surviving seeds; here 2: NaN)
-    js = stats.to_json(s)
+    js = to_json(s)
     assert js["failed_seeds"] == ["c"] and "c" not in js["average_rank"]
-    lines = stats_report.section(s, None)
+    lines = stats_section.section(s, None)
     assert ("Not compared (a seed's final fit failed and was not redone, § in the leaderboard: a cell over the "
             "surviving seeds is no contest): c.") in lines
     # fewer than 2 rows left: the reason names the seeds too
@@ -495,7 +498,7 @@ def test_cd_caption_lists_groups_that_are_not_contiguous():
     s = cd_stats(["a", "b", "c", "d"], {frozenset("ac"), frozenset("bd")})
     assert stats.cliques(s) == [["a", "c"], ["b", "d"]]
     assert stats.passed_over(s, ["a", "c"]) == ["b"]
-    lines = stats_report.cd_caption(s)
+    lines = stats_section.cd_caption(s)
     assert lines[1:] == [
         "  - a, c (the bar passes over b, which is not in this group: each differs significantly from at least one "
         "of its rows)",
@@ -506,11 +509,11 @@ def test_cd_caption_lists_groups_that_are_not_contiguous():
     # contiguous groups, and none at all
     chain = cd_stats(["a", "b", "c", "d"], {frozenset("ab"), frozenset("bc"), frozenset("ac"), frozenset("cd")})
     assert stats.cliques(chain) == [["a", "b", "c"], ["c", "d"]]
-    assert stats_report.cd_caption(chain)[1:] == ["  - a, b, c", "  - c, d"]
+    assert stats_section.cd_caption(chain)[1:] == ["  - a, b, c", "  - c, d"]
     none = cd_stats(["a", "b", "c"], set())
-    assert stats.cliques(none) == [] and stats_report.cd_caption(none)[0].endswith("No bar: every pair differs "
+    assert stats.cliques(none) == [] and stats_section.cd_caption(none)[0].endswith("No bar: every pair differs "
                                                                                    "significantly.")
-    assert stats.to_json(s)["cliques"] == [["a", "c"], ["b", "d"]]
+    assert to_json(s)["cliques"] == [["a", "c"], ["b", "d"]]
 
 
 @pytest.mark.parametrize("same", [

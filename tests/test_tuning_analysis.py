@@ -11,8 +11,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import methods
-from bench import catalog, cli, tracking, tuning_analysis
+from bench import catalog, cli, tracking
 from bench.identity import Experiment
+from bench.report import tuning
 from bench.run.study import COMMON_DEFAULTS, ROLE_FINAL, ROLE_TUNING, open_storage, open_study
 
 DEMO = catalog.load_suite("demo")
@@ -100,7 +101,7 @@ def by_label(results):
 
 
 def test_default_gap_best_so_far_and_what_is_ignored(journal):
-    results, skipped = tuning_analysis.collect(tuning_analysis.open_existing(journal), DEMO)
+    results, skipped = tuning.collect(tuning.open_existing(journal), DEMO)
     got = by_label(results)
     assert sorted(got) == [("lora", "digits"), ("lora", "textures"), ("lora [vit_base_patch16_224]", "digits"),
                            ("vpt (mode=shallow)", "digits")]
@@ -114,7 +115,7 @@ def test_default_gap_best_so_far_and_what_is_ignored(journal):
     other = got[("lora [vit_base_patch16_224]", "digits")]
     assert math.isnan(other.default) and other.best == 20.0 and other.curve[0] != other.curve[0]  # NaN first
 
-    table = tuning_analysis.per_method(results)
+    table = tuning.per_method(results)
     lora = table.loc["lora"]
     assert (lora.studies, lora.trials_min, lora.trials_max, lora.with_default) == (2, 2, 4, 2)
     assert lora.default == 60.0 and lora.tuned == 65.0  # (50 + 70) / 2 and (60 + 70) / 2
@@ -123,23 +124,23 @@ def test_default_gap_best_so_far_and_what_is_ignored(journal):
     assert table.loc["vpt (mode=shallow)"].late == 1  # its best came at its last trial
     assert table.loc["lora [vit_base_patch16_224]"].with_default == 0  # the default was pruned
     # best-so-far minus the final best, mean over studies, a shorter study holding its last value
-    curve = tuning_analysis.shortfall_curves(results)["lora"]
+    curve = tuning.shortfall_curves(results)["lora"]
     assert list(curve) == [-5.0, 0.0, 0.0, 0.0]  # digits -10, 0, 0, 0; textures 0, 0 (held)
     imp = lora.importances
     assert set(imp) == {"lr", "weight_decay", "rank", "alpha"} and sum(imp.values()) == pytest.approx(1.0)
 
 
 def test_the_section_and_its_plot(journal):
-    results, _ = tuning_analysis.collect(tuning_analysis.open_existing(journal), DEMO)
-    lines, pngs = tuning_analysis.section(results, "`optuna.journal`", "demo", "Demo")
+    results, _ = tuning.collect(tuning.open_existing(journal), DEMO)
+    lines, pngs = tuning.section(results, "`optuna.journal`", "demo", "Demo")
     text = "\n".join(lines)
     assert "From 4 studies in `optuna.journal`" in text
     assert "| lora    " in text and "| +5.0  " in text
     assert "![Tuning: best-so-far and default-to-tuned gap](demo_tuning.png)" in text
     assert "With at most 4 finished trials per study (under 10), these are rough" in text
     assert list(pngs) == ["demo_tuning.png"] and pngs["demo_tuning.png"][:8] == b"\x89PNG\r\n\x1a\n"
-    again, _ = tuning_analysis.collect(tuning_analysis.open_existing(journal), DEMO)
-    assert tuning_analysis.section(again, "`optuna.journal`", "demo", "Demo") == (lines, pngs)  # deterministic
+    again, _ = tuning.collect(tuning.open_existing(journal), DEMO)
+    assert tuning.section(again, "`optuna.journal`", "demo", "Demo") == (lines, pngs)  # deterministic
 
 
 def test_the_default_trial_is_the_one_the_runner_enqueued_not_a_text_match():
@@ -149,23 +150,23 @@ def test_the_default_trial_is_the_one_the_runner_enqueued_not_a_text_match():
     dists = {k: SPACE[k] for k in lora}
     marked = optuna.trial.create_trial(params={**lora, "rank": 4}, distributions=dists, value=1.0,
                                        user_attrs={"recipe_default": True})
-    assert tuning_analysis.is_default(marked)
+    assert tuning.is_default(marked)
     same_values = optuna.trial.create_trial(params=lora, distributions=dists, value=1.0)
-    assert not tuning_analysis.is_default(same_values)  # sampled onto the defaults: still a tuned trial
+    assert not tuning.is_default(same_values)  # sampled onto the defaults: still a tuned trial
 
 
 def test_default_storage_prefers_sqlite_then_journal_and_creates_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tuning_analysis.default_storage(uri) is None
+    assert tuning.default_storage(uri) is None
     (tmp_path / "optuna.journal").write_text("")
-    assert tuning_analysis.default_storage(uri) == tmp_path / "optuna.journal"
+    assert tuning.default_storage(uri) == tmp_path / "optuna.journal"
     (tmp_path / "optuna.db").write_bytes(b"")
-    assert tuning_analysis.default_storage(uri) == tmp_path / "optuna.db"
-    assert tuning_analysis.default_storage("http://localhost:5000") is None
+    assert tuning.default_storage(uri) == tmp_path / "optuna.db"
+    assert tuning.default_storage("http://localhost:5000") is None
     with pytest.raises(Exception, match="no Optuna storage at"):
-        tuning_analysis.open_existing(tmp_path / "missing" / "optuna.journal")
+        tuning.open_existing(tmp_path / "missing" / "optuna.journal")
     with pytest.raises(Exception, match="no Optuna storage at"):
-        tuning_analysis.open_existing(f"sqlite:///{tmp_path / 'missing.db'}")
+        tuning.open_existing(f"sqlite:///{tmp_path / 'missing.db'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db", "optuna.journal"]
 
 

@@ -6,7 +6,7 @@ sums, and a one-line verdict whose direction is that of the signed ranks.
 Rows are named as in the leaderboard (``lora``, ``vpt (mode=shallow)``; with several backbones,
 rows off the suite's carry ``[backbone]``) and their cells are the leaderboard's: the same runs,
 the same latest-run-per-seed rule (``bench.report.board_runs``), the same numbers as
-``bench.stats``.
+``bench.report.stats``.
 
 Which p the verdict uses: picking a pair after looking at the leaderboard is one of its many
 comparisons, so by default the p is Holm-corrected over the leaderboard's pairs (every pair of the
@@ -23,7 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .. import catalog, report, tracking
-from .. import stats as st
+from ..report import stats as st
 from ..errors import UserError
 
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .format import fmt, fmt_p
+
 ACC = "test_acc"  # bench.tracking.TEST_ACC (not imported: this module needs nothing but frames)
 ALPHA = 0.05
 MIN_ROWS = 2
@@ -385,62 +387,9 @@ def passed_over(stats: SuiteStats, clique: list[str]) -> list[str]:
     return [label for label in stats.rows if label not in clique and lo <= stats.average_rank[label] <= hi]
 
 
-def fmt(value: float, decimals: int, sign: bool = False) -> str:
-    """Numbers as the reports print them: fixed decimals, '-' for missing, never '-0.0'."""
-    if pd.isna(value):
-        return "-"
-    text = f"{value:{'+' if sign else ''}.{decimals}f}"
-    return text if float(text) != 0 else f"{0:.{decimals}f}"
-
-
-def fmt_p(p: float) -> str:
-    """p-values as printed: 3 decimals, or 2 significant digits below 0.001."""
-    if np.isnan(p):
-        return "-"
-    return f"{p:.2g}" if 0 < p < 0.001 else f"{p:.3f}"
-
-
 def p_matrix(stats: SuiteStats) -> pd.DataFrame:
     """Holm-adjusted p-values as a symmetric rows x rows frame (1 on the diagonal)."""
     m = pd.DataFrame(1.0, index=stats.rows, columns=stats.rows)
     for p in stats.pairs:
         m.at[p.a, p.b] = m.at[p.b, p.a] = p.p_holm
     return m
-
-
-# --------------------------------------------------------------------------- JSON
-
-def _r(x: float | None) -> float | None:
-    """Rounded for the JSON (6 decimals, never -0.0, NaN as null): no float noise in the bytes."""
-    if x is None or np.isnan(x):
-        return None
-    return round(float(x), 6) + 0.0
-
-
-def _p(x: float | None) -> float | None:
-    """p-values for the JSON: 6 significant digits (a p of 3.5e-06 keeps its digits)."""
-    if x is None or np.isnan(x):
-        return None
-    return float(f"{float(x):.6g}")
-
-
-def to_json(stats: SuiteStats) -> dict:
-    """The machine-readable statistics of one leaderboard (the schema of ``<suite>_stats.json``).
-    ``mean_ci95``: per row, the 95% t-interval over seeds of its mean (null: fewer than 3 seeds,
-    or cells with different seeds), over ``mean_ci95_seeds`` seeds."""
-    return {
-        "tasks": list(stats.tasks),
-        "rows": list(stats.rows),
-        "left_out": list(stats.left_out),
-        "failed_seeds": list(stats.failed),
-        "omitted": stats.omitted or None,
-        "average_rank": {k: _r(v) for k, v in stats.average_rank.items()},
-        "friedman_p": _p(stats.friedman[1]) if stats.friedman else None,
-        "pairwise": [{"a": p.a, "b": p.b, "mean_diff": _r(p.mean_diff), "ci95": [_r(p.ci95[0]), _r(p.ci95[1])],
-                      "p": _p(p.p), "p_holm": _p(p.p_holm), "w_plus": _r(p.w_plus), "w_minus": _r(p.w_minus),
-                      "favours": p.favours or None, "wins": p.wins, "ties": p.ties, "losses": p.losses}
-                     for p in stats.pairs],
-        "cliques": cliques(stats),
-        "mean_ci95": {k: None if np.isnan(lo) else [_r(lo), _r(hi)] for k, (lo, hi) in stats.mean_ci95.items()},
-        "mean_ci95_seeds": {k: stats.ci_seeds.get(k) for k in stats.mean_ci95},
-    }

@@ -1,28 +1,22 @@
 """The statistics section under a leaderboard (markdown) and its critical-difference diagram
-(PNG), from ``bench.stats.SuiteStats``. Kept apart from the numbers so that ``bench compare`` and
+(PNG), from ``stats.SuiteStats``. Kept apart from the numbers so that ``bench compare`` and
 the JSON use them without any formatting.
 
 The markdown lists the pairs of the best-ranked row with every other row (18 rows make 153 pairs:
 all of them are in ``<suite>_stats.json``) and every other pair that is significant. The diagram
 is scikit-posthocs' ``critical_difference_diagram`` with the Holm-corrected Wilcoxon p-values of
 the table (the test Benavoli et al. 2016 recommend over Nemenyi's), so diagram and table agree.
-Its bars are the maximal groups of rows no pair of which differs (``bench.stats.cliques``); a bar
+Its bars are the maximal groups of rows no pair of which differs (``stats.cliques``); a bar
 is drawn from its best- to its worst-ranked member with a dot on each member, so it can pass over
 a row that is not in it: the caption lists every bar's rows and names such rows.
 """
 from __future__ import annotations
 
-import io
-
 import pandas as pd
-from tabulate import tabulate
 
 from . import stats as st
-from .stats import fmt
-
-
-def ci_text(ci: tuple[float, float], decimals: int = 1, sign: bool = False) -> str:
-    return f"[{fmt(ci[0], decimals, sign)}, {fmt(ci[1], decimals, sign)}]"
+from .format import ci_text, fmt, fmt_p, markdown_table
+from .png import figure, png_bytes
 
 
 DISAGREES = "¶"  # the mark of a pair whose mean difference points the other way from its signed ranks
@@ -37,11 +31,11 @@ def favours_text(p: st.Pair) -> str:
 
 def pair_rows(pairs: list[st.Pair]) -> str:
     rows = [[p.a, p.b, fmt(p.mean_diff, 2, sign=True), ci_text(p.ci95, 2, sign=True), favours_text(p),
-             st.fmt_p(p.p), st.fmt_p(p.p_holm), f"{p.wins}/{p.ties}/{p.losses}",
+             fmt_p(p.p), fmt_p(p.p_holm), f"{p.wins}/{p.ties}/{p.losses}",
              "yes" if p.p_holm < st.ALPHA else "no"] for p in pairs]
     headers = ["A", "B", "Mean diff (A − B)", "95% CI", "Signed ranks favour (W+ / W−)", "p", "p (Holm)",
                "W/T/L of A", "Significant"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return markdown_table(rows, headers)
 
 
 def cd_caption(stats: st.SuiteStats) -> list[str]:
@@ -88,8 +82,8 @@ def section(stats: st.SuiteStats, cd_png: str | None, level: str = "##") -> list
         chi2, p = stats.friedman
         verdict = ("the rows' ranks differ" if p < st.ALPHA
                    else "no evidence that the rows' ranks differ at all; read the pairs below with that in mind")
-        lines.append(f"- Friedman test over {k} rows × {n} tasks (per-task mean accuracy): χ² = {chi2:.2f}, "
-                     f"p = {st.fmt_p(p)}: {verdict}.")
+        lines.append(f"- Friedman test over {k} rows × {n} tasks (per-task mean accuracy): χ² = {fmt(chi2, 2)}, "
+                     f"p = {fmt_p(p)}: {verdict}.")
     lines.append(f"- Pairs: two-sided Wilcoxon signed-rank test over the {n} tasks on the per-task means, with zero "
                  f"differences split between the signs (zsplit, Demšar 2006): p; Holm-corrected over all {m} pairs: "
                  f"p (Holm); significant: p (Holm) < {st.ALPHA}. A significant pair's winner is the row its "
@@ -101,11 +95,11 @@ def section(stats: st.SuiteStats, cd_png: str | None, level: str = "##") -> list
                  f"cell is higher / equal / lower at the table's precision.")
     floor = st.min_wilcoxon_p(n)
     if floor * m >= st.ALPHA and m > 1:
-        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {st.fmt_p(floor)} (A better on "
+        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {fmt_p(floor)} (A better on "
                      f"every task); Holm multiplies the smallest p by {m}, so no pair can be significant here: "
                      f"more tasks are needed to tell these rows apart, not more seeds.")
     elif floor >= st.ALPHA:
-        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {st.fmt_p(floor)}: no pair can "
+        lines.append(f"- With {n} tasks the smallest p a Wilcoxon test can give is {fmt_p(floor)}: no pair can "
                      f"be significant at {st.ALPHA}.")
     significant = [p for p in stats.pairs if p.p_holm < st.ALPHA]
     best = stats.rows[0]
@@ -128,14 +122,11 @@ def section(stats: st.SuiteStats, cd_png: str | None, level: str = "##") -> list
 
 def cd_png(stats: st.SuiteStats, title: str) -> bytes:
     """The critical-difference diagram of the compared rows (scikit-posthocs), as PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from scikit_posthocs import critical_difference_diagram
 
     ranks = pd.Series(stats.average_rank).loc[stats.rows]
     k = len(stats.rows)
-    fig = Figure(figsize=(8.0, 1.6 + 0.28 * ((k + 1) // 2 + k // 3)), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(8.0, 1.6 + 0.28 * ((k + 1) // 2 + k // 3))
     ax = fig.add_subplot()
     drawn = critical_difference_diagram(ranks, st.p_matrix(stats), alpha=st.ALPHA, ax=ax,
                                         label_fmt_left="{label} ({rank:.2f})",
@@ -152,6 +143,4 @@ def cd_png(stats: st.SuiteStats, title: str) -> bytes:
                  fontsize=9, pad=24)
     # the labels sit outside the axes, where tight_layout does not look: leave them room
     fig.subplots_adjust(left=0.22, right=0.78, top=1 - 0.75 / fig.get_figheight(), bottom=0.04)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig)

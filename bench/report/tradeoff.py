@@ -10,13 +10,13 @@ PNGs are drawn without timestamps or version metadata: the same summary gives th
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from . import tracking
+from .. import tracking
+from .png import figure, png_bytes
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,7 @@ def fronts(summary: pd.DataFrame, axis: Axis) -> dict[str, list[str]]:
 def plot_png(summary: pd.DataFrame, axis: Axis, title: str) -> bytes:
     """Mean accuracy against one cost (log x), one labelled point per row (hollow and ‡ when its
     mean misses tasks), the front of each backbone ringed and joined by a dashed step line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(6.4, 4.8)
     ax = fig.add_subplot()
     points = summary.assign(x=summary[axis.column] * axis.scale)
     points = points[(points["x"] > 0) & points["mean_tasks"].notna()]
@@ -110,9 +106,7 @@ def plot_png(summary: pd.DataFrame, axis: Axis, title: str) -> bytes:
     ax.set_title(f"{title}: accuracy vs {axis.title}")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def section(summary: pd.DataFrame, suite_name: str, title: str,

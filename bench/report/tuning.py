@@ -10,6 +10,8 @@ the leaderboard labels them (``identity.row_labels``, per backbone). The recipe-
 the one ``Runner`` enqueued first (user attribute ``recipe_default``); the tuned best is the best
 COMPLETE trial (highest value, ties to the lowest number). Only COMPLETE and PRUNED trials are
 finished; a pruned trial counts as a trial of the budget but has no value.
+Which storage a report reads (``tuning_source``): ``--storage``, else the one beside a SQLite MLflow
+store (``default_storage``); without one, the section says why.
 
 The best-so-far plot is drawn here rather than with ``optuna.visualization.matplotlib``: that
 draws one study per figure on pyplot's global state, and a suite has one study per (method,
@@ -17,7 +19,6 @@ task): here a method's curve is the mean over its tasks, one figure for the suit
 """
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
-import methods
-
-from .errors import UserError, first_line
+from .. import catalog
+from ..errors import UserError, first_line
+from .format import fmt, markdown_table
+from .png import figure, png_bytes
 
 FANOVA_TREES = 16  # optuna's default is 64: 4x slower, for a mean over tasks that moves little
 FANOVA_SEED = 0
@@ -42,7 +43,7 @@ def default_storage(tracking_uri: str) -> Path | None:
     """Beside a SQLite MLflow store ``DIR/mlflow.db``: ``DIR/optuna.db``, else ``DIR/optuna.journal``,
     whichever exists first; None when neither does or the store is not a SQLite file. The store's
     file is read from the URI as SQLAlchemy (and so MLflow) reads it (``tracking.sqlite_path``)."""
-    from .tracking import sqlite_path
+    from ..tracking import sqlite_path
 
     store = sqlite_path(tracking_uri)
     if store is None:
@@ -62,7 +63,7 @@ def open_existing(spec: str | Path):
     URL carries verbatim (``?``, ``%``) is refused rather than opening another file."""
     import optuna
 
-    from .tracking import check_sqlite, sqlite_path, sqlite_url
+    from ..tracking import check_sqlite, sqlite_path, sqlite_url
 
     text = str(spec)
     if "://" not in text:
@@ -72,7 +73,7 @@ def open_existing(spec: str | Path):
         if path.suffix == ".db":
             text = sqlite_url(path)
         else:
-            from .run.study import open_storage
+            from ..run.study import open_storage
 
             return open_storage(str(path), path.parent)
     if text.startswith("sqlite:"):
@@ -139,8 +140,8 @@ def collect(storage, suite, importances: bool = True) -> tuple[list[StudyResult]
     storage were skipped (final fits, other suites, other versions)."""
     import optuna
 
-    from .identity import row_labels
-    from .run.study import ROLE_TUNING, study_cell, study_role
+    from ..identity import row_labels
+    from ..run.study import ROLE_TUNING, study_cell, study_role
 
     cells, skipped = {}, 0
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -158,6 +159,33 @@ def collect(storage, suite, importances: bool = True) -> tuple[list[StudyResult]
            for name, c in sorted(cells.items())]
     order = {t: i for i, t in enumerate(suite.tasks)}
     return sorted(out, key=lambda r: (r.label, order[r.task])), skipped
+
+
+def tuning_source(storage: str | None, uri: str, suite: catalog.Suite) -> tuple[list | None, str]:
+    """(the suite's tuning studies, where they were read) for the tuning section, or (None, why
+    there are none). ``storage``: ``--storage`` (missing or unreadable: a UserError); by default
+    the Optuna storage beside a SQLite MLflow store, if there is one (unreadable: the section says
+    so, and the leaderboards are still written)."""
+    explicit = bool(storage)
+    if not explicit:
+        found = default_storage(uri)
+        if found is None:
+            return None, ("no Optuna storage found beside the MLflow store (optuna.db or optuna.journal); "
+                          "pass --storage")
+        storage = str(found)
+    where = f"`{Path(storage).name}`" if "://" not in storage else f"the {storage.split('://', 1)[0]} storage"
+    try:
+        try:
+            results, _ = collect(open_existing(storage), suite)
+        except UserError:
+            raise
+        except Exception as exc:  # optuna and sqlalchemy raise many types for a storage they cannot read
+            raise UserError(f"cannot read Optuna storage {storage}: {first_line(exc)}") from None
+    except UserError as exc:
+        if explicit:
+            raise
+        return None, str(exc)
+    return results, where
 
 
 # --------------------------------------------------------------------------- per method
@@ -207,42 +235,30 @@ def shortfall_curves(results: list[StudyResult]) -> dict[str, np.ndarray]:
     return out
 
 
-def _f(x: float, decimals: int = 1, sign: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    text = f"{x:{'+' if sign else ''}.{decimals}f}"
-    return text if float(text) != 0 else f"{0:.{decimals}f}"
-
-
 def tuning_table(table: pd.DataFrame) -> str:
     rows = []
     for label, r in table.iterrows():
         trials = f"{r.trials_min}" if r.trials_min == r.trials_max else f"{r.trials_min}–{r.trials_max}"
-        rows.append([label, str(r.studies), trials, _f(r.default), _f(r.tuned), _f(r.gap, sign=True),
-                     _f(r.max_gap, sign=True), f"{r.default_best}/{r.with_default}",
-                     _f(r.best_at_median), f"{r.late}/{r.with_best}"])
+        rows.append([label, str(r.studies), trials, fmt(r.default, 1), fmt(r.tuned, 1), fmt(r.gap, 1, sign=True),
+                     fmt(r.max_gap, 1, sign=True), f"{r.default_best}/{r.with_default}",
+                     fmt(r.best_at_median, 1), f"{r.late}/{r.with_best}"])
     headers = ["Method", "Studies", "Trials", "Default (val)", "Tuned (val)", "Gap", "Largest gap",
                "Default was best", "Best at trial (median)", "Best in last quarter"]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return markdown_table(rows, headers)
 
 
 def importance_table(table: pd.DataFrame) -> str:
     rows = []
     for label, r in table.iterrows():
         ordered = sorted(r.importances.items(), key=lambda kv: (-round(kv[1], 6), kv[0]))
-        rows.append([label, str(r.importance_studies), ", ".join(f"{k} {v:.2f}" for k, v in ordered) or "-"])
-    return tabulate(rows, headers=["Method", "Studies", "Importance (fANOVA, mean over studies)"],
-                    tablefmt="github", disable_numparse=True)
+        rows.append([label, str(r.importance_studies), ", ".join(f"{k} {fmt(v, 2)}" for k, v in ordered) or "-"])
+    return markdown_table(rows, ["Method", "Studies", "Importance (fANOVA, mean over studies)"])
 
 
 def plot_png(table: pd.DataFrame, curves: dict[str, np.ndarray], title: str) -> bytes:
     """Left: mean best-so-far shortfall against trials, one line per method. Right: the mean
     default-to-tuned gap per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11.0, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(11.0, 4.8)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     styles = ("-", "--", ":", "-.")
     for i, (label, curve) in enumerate(curves.items()):
@@ -263,9 +279,7 @@ def plot_png(table: pd.DataFrame, curves: dict[str, np.ndarray], title: str) -> 
     right.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"{title}: tuning", fontsize=11)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def section(results: list[StudyResult], where: str, suite_name: str, title: str,
