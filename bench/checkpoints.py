@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .files import atomic_write_bytes
+
 
 def _trainable_state(model: nn.Module) -> dict:
     return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
@@ -40,18 +42,14 @@ def save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Gen
     with its SHA-256 beside it (``<name>.sha256``, checked before it is read)."""
     from .data.decoded_cache import write_checksum
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC),
     torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),  # not torch's RuntimeError
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 **dataclasses.asdict(progress)}, buffer)
     data = buffer.getvalue()
-    tmp.write_bytes(data)
-    # the checksum first: a crash between the two renames leaves a mismatch, i.e. a restart
+    # the checksum first: a crash between the two writes leaves a mismatch, i.e. a restart
     write_checksum(path, of=data)
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), data)
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, epochs: int,

@@ -66,6 +66,8 @@ def _add_common_run_args(p: argparse.ArgumentParser) -> None:
                    help="fix a method hyperparameter instead of searching it, e.g. vpt.mode=shallow "
                         "(repeatable; a fixed variant gets its own studies and leaderboard row)")
     p.add_argument("--force", action="store_true", help="redo finished trials and final fits")
+    from .plugin_flag import add_plugin_flag  # light: methods is imported only when --plugin is given
+    add_plugin_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,12 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     parser.add_argument("--version", action="version", version=f"bench {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .plugin_flag import add_plugin_flag  # --plugin FILE|MODULE: methods from outside the project
 
     p = sub.add_parser("methods", help="list registered methods, parameter counts and hyperparameters")
     p.add_argument("--backbone", default="vit_base_patch16_224",
                    help=f"{BACKBONE_HELP} (default: vit_base_patch16_224)")
     p.add_argument("--num-classes", type=int, default=100, help="head size for the 'with head' column")
+    add_plugin_flag(p)
     p.set_defaults(handler="bench.commands.methods:main")
+
+    p = sub.add_parser("check-method", help="run the conformance kit on one method (built-in or plugin): a table of "
+                                            "checks, exit 1 on a failure")
+    p.add_argument("name", metavar="NAME", help="a registered method name (a plugin's: with --plugin, or installed)")
+    p.add_argument("--backbone", default=None,
+                   help=f"{BACKBONE_HELP}, randomly initialised (default: a small random ViT and Swin)")
+    add_plugin_flag(p)
+    p.set_defaults(handler="bench.commands.check_method:main")
 
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -144,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--out", default="reports", help="where perf.md goes (default: reports)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    add_plugin_flag(p)
     p.set_defaults(handler="bench.commands.perf:main")
     return parser
 
@@ -213,7 +226,7 @@ def run_guarded(call, debug: bool = False) -> int:
     (``--debug``: the traceback). Every entry point runs through it: the CLI and local workers."""
     try:
         return int(call() or 0)
-    except UserError as exc:
+    except (UserError, getattr(sys.modules.get("methods.plugins"), "PluginError", UserError)) as exc:  # or a bad plugin
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -2,8 +2,9 @@
 what makes a tuning study one (method, task) of it.
 
 An ``Experiment`` is a frozen, typed value: suite, backbone, weights SHA-256, method and the
-hyperparameters fixed for it (``--hparam``), recipe, and the protocol (epochs, warm-up, batch size,
-trial budget, drop-path, precision, device kind). A ``Cell`` is an experiment on one task's data
+hyperparameters fixed for it (``--hparam``), recipe, a plugin method's provenance (its distribution
+and version, or its file's SHA-256: ``methods.plugins.provenance``), and the protocol (epochs,
+warm-up, batch size, trial budget, drop-path, precision, device kind). A ``Cell`` is an experiment on one task's data
 (its data hash): what an Optuna study tunes and a leaderboard cell aggregates.
 
 Serialised by one pair of functions each way, read back by the same code everywhere:
@@ -51,6 +52,10 @@ class Experiment:
     method: str
     fixed: tuple[tuple[str, Any], ...] = ()  # --hparam values, sorted by name
     recipe: str = ""  # --recipe NAME: its settings decide epochs, warm-up, batch and drop-path per task
+    # a plugin method's provenance ("dist==version", "file:sha256:..."; "" for a built-in): a changed
+    # plugin is another experiment. Left out of the JSON while "": records older than it read back
+    # as built-ins, and every built-in experiment keeps its key (its studies are found again)
+    plugin: str = ""
     epochs: int | None = _protocol()  # None under a recipe (unless a smoke run's --epochs)
     warmup_epochs: int | None = _protocol()
     batch_size: int | None = _protocol()
@@ -69,6 +74,9 @@ class Experiment:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["fixed"] = self.fixed_dict
+        for name, default in _ADDED_LATER.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     def to_json(self) -> str:
@@ -80,10 +88,10 @@ class Experiment:
         if not isinstance(value, dict):
             raise ValueError(f"an experiment identity is a JSON object, not {type(value).__name__}")
         names = {f.name for f in fields(cls)}
-        if set(value) != names:
+        if not names - set(_ADDED_LATER) <= set(value) <= names:
             missing, extra = sorted(names - set(value)), sorted(set(value) - names)
             raise ValueError(f"not an experiment identity of this version (missing {missing}, unknown {extra})")
-        return cls(**{**value, "fixed": tuple((value["fixed"] or {}).items())})
+        return cls(**{**_ADDED_LATER, **value, "fixed": tuple((value["fixed"] or {}).items())})
 
     @classmethod
     def from_json(cls, text: str) -> "Experiment":
@@ -99,10 +107,16 @@ class Experiment:
     def params(self) -> dict:
         """What an MLflow run logs as params for its experiment (fixed values are logged with the
         fit's hyperparameters; unset protocol fields are left out)."""
-        return {k: v for k, v in asdict(self).items() if k != "fixed" and v is not None}
+        return {k: v for k, v in asdict(self).items()
+                if k != "fixed" and v is not None and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
 
     def on(self, task: str, data_sha256: str) -> "Cell":
         return Cell(self, task, data_sha256)
+
+
+# fields added after records were written, with the value an older record means (``to_dict``
+# leaves them out at that value, so the older records' keys stay the same)
+_ADDED_LATER = {"plugin": ""}
 
 
 @dataclass(frozen=True)

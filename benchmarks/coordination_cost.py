@@ -38,6 +38,7 @@ from pathlib import Path
 import optuna
 
 from bench.run import study as tune
+from bench.tracking import sqlite_url
 from bench.run.coordination import FinalFits, TrialBudget, final_study_name, owner_alive, owner_id
 
 warnings.filterwarnings("ignore")  # Optuna's experimental/heartbeat warnings, once per call
@@ -99,7 +100,7 @@ class OldClaims:
 
 def fill(db: Path, n: int) -> None:
     """An SQLite Optuna storage at ``db`` holding ``n`` unrelated claim-like studies."""
-    storage = tune.open_storage(f"sqlite:///{db}", db.parent)  # creates the schema
+    storage = tune.open_storage(sqlite_url(db), db.parent)  # creates the schema
     attrs = {"owner": json.dumps("otherhost:1"), "heartbeat": json.dumps(time.time()), "done": json.dumps(True)}
     with sqlite3.connect(db) as con:
         start = con.execute("SELECT COALESCE(MAX(study_id), 0) FROM studies").fetchone()[0] + 1
@@ -129,7 +130,7 @@ def check_costs(n: int, tmp: Path, reps: int, trials: int = 20, seeds: int = 5) 
     finished sweep's (method, task): ``trials`` complete trials and ``seeds`` complete final fits."""
     db = tmp / f"checks_{n}.db"
     fill(db, n)
-    storage = tune.open_storage(f"sqlite:///{db}", tmp)
+    storage = tune.open_storage(sqlite_url(db), tmp)
     name = "demo.lora.digits"
     study, _ = tune.open_study(storage, name, seed=1)
     for _ in range(trials):
@@ -170,15 +171,15 @@ def bench_run(db: Path, out: Path, tree: Path = REPO) -> tuple[float, float, int
     """(wall s, CPU s, studies the run added) of the small ``bench run`` on storage ``db``, with the
     code of ``tree`` (this checkout, or an old one: ``git archive <commit> | tar -x -C DIR``). CPU
     time (user + system) is what to compare on a shared machine: others' load stretches the wall."""
-    before = len(optuna.storages.RDBStorage(f"sqlite:///{db}").get_all_studies())
+    before = len(optuna.storages.RDBStorage(sqlite_url(db)).get_all_studies())
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(tree)}
     t, cpu = time.perf_counter(), cpu_children()
     proc = subprocess.run([sys.executable, "-m", "bench", "run", *BENCH_ARGS, "--out", str(out),
-                           "--storage", f"sqlite:///{db}"], cwd=tree, env=env, capture_output=True, text=True)
+                           "--storage", sqlite_url(db)], cwd=tree, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t, cpu_children() - cpu
     if proc.returncode:
         sys.exit(f"bench run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, cpu, len(optuna.storages.RDBStorage(f"sqlite:///{db}").get_all_studies()) - before
+    return wall, cpu, len(optuna.storages.RDBStorage(sqlite_url(db)).get_all_studies()) - before
 
 
 def main() -> None:

@@ -339,14 +339,16 @@ def main() -> None:
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from bench.tracking import sqlite_url
+
     if args.worker:
-        args.storage = args.storage or f"sqlite:///{Path(args.dir) / 'optuna.db'}"
+        args.storage = args.storage or sqlite_url(Path(args.dir) / "optuna.db")
         worker(args)
         return
     args.dir = tempfile.mkdtemp(prefix="bench12_sim_")
     for sub in ("logs", "stats"):
         (Path(args.dir) / sub).mkdir()
-    args.storage = args.storage or f"sqlite:///{Path(args.dir) / 'optuna.db'}"
+    args.storage = args.storage or sqlite_url(Path(args.dir) / "optuna.db")
     from bench.run import study as tune
 
     tune.open_storage(args.storage, Path(args.dir))  # the schema, before the workers race for it

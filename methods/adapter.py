@@ -88,6 +88,7 @@ class SequentialAdapter(nn.Module):
 @register
 class Adapter(Method):
     name = "adapter"
+    identity_at_init = True  # equals the backbone at init: parallel (default) adds a zero-initialised up
     defaults = {"mode": "parallel", "bottleneck": 8, "scale": 0.1}
     help = {
         "mode": "parallel (AdaptFormer: beside the MLP, scaled) or sequential (NOAH's adapter: after the MLP)",

@@ -13,11 +13,15 @@ decay for 1-d tensors, ``.bias`` names and ``model.no_weight_decay()`` (``pos_em
 ``cls_token`` ...); every other tensor, the head's weight included, is decayed.
 Methods whose official optimizer differs override it (rlrr, vpt) and say why with its source.
 ``decays_backbone(name)`` tells whether a method decays anything besides the head.
+
+A method whose official code picks what trains from a pass over the training data (GPS) sets
+``needs_training_data``; ``bench.train.fit`` then hands its ``select`` the fit's training split (and
+only that) once, before the optimizer is built. ``apply`` alone still gives a model that trains.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterable
 
 import torch.nn as nn
 
@@ -28,12 +32,12 @@ _REGISTRY: dict[str, "Method"] = {}
 
 
 def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
-    if cls.name in _REGISTRY:
-        raise TypeError(f"method {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls()
+    """Class decorator: register one instance of ``cls`` under ``cls.name``. ``PluginError`` (one
+    line naming where ``cls`` comes from) for a class without the interface's required parts or a
+    name registered already, naming both sources (``methods.plugins.check_class``)."""
+    from .plugins import check_class  # here: plugins imports this module
+
+    _REGISTRY[cls.name] = check_class(cls)
     return cls
 
 
@@ -56,7 +60,7 @@ def decays_backbone(name: str) -> bool:
     return get(name).decays_backbone
 
 
-GROUPS = ("core", "baselines", "peft")  # `--methods core` etc.; `all` is every group
+GROUPS = ("core", "baselines", "peft", "vision")  # `--methods core` etc.; `all` is every group
 
 
 def group(name: str) -> list[str]:
@@ -90,8 +94,11 @@ class Method:
     defaults: dict[str, Any] = {}
     help: dict[str, str] = {}  # hyperparameter -> one-line description
     decays_backbone: bool = True  # does ``decays`` hold for any trainable tensor besides the head?
-    group: str = "core"  # core (the design's seven), baselines (the reviewers' rows) or peft (HF peft tuners)
+    group: str = "core"  # core (the design's seven), baselines (the reviewers' rows), peft (HF peft tuners)
+    #                      or vision (issue 31: adapter_plus, dtl, gps)
     families: tuple[str, ...] | None = None  # backbone families it runs on (None: every family)
+    identity_at_init: bool = False  # with its defaults the adapted model equals the backbone at init (bench.testing checks it)
+    trains_backbone: str = ""  # regex of the backbone tensors the method trains itself (full ".*", bitfit ".*bias.*")
     unsupported_why: str = ""  # said when asked to run on another family
 
     # -- hyperparameters -------------------------------------------------------------------
@@ -139,6 +146,23 @@ class Method:
         if self.decays_all and not name.startswith("head."):
             return True
         return not (param.ndim <= 1 or name.endswith(".bias") or name in model.no_weight_decay())
+
+    # -- a pass over the training data before training (GPS) --------------------------------
+    # True for methods whose official code chooses what trains from a pass over the training data
+    # (GPS's gradient-based selection): ``bench.train.fit`` then calls ``select`` once per fit.
+    needs_training_data: bool = False
+
+    def select(self, model: nn.Module, batches: Iterable, seed: int) -> None:
+        """Choose, in place, which parts of ``model`` (as ``apply`` returned it) train, from one pass
+        over ``batches``: ``(inputs, labels)`` batches of the fit's TRAINING split, on the model's
+        device. ``bench.train.fit`` calls it once per fit (tuning trial or final fit), after moving
+        the model to its device and before it builds the optimizer, with the split it trains on and
+        nothing else: no validation or test data reaches a selection. ``seed`` is the fit's seed, for
+        the pass's own randomness (e.g. augmented views); the same model, batches and seed give the
+        same selection. A selection keeps the trainable tensors, their shapes and so the trainable
+        count of ``apply`` (the budget), and changes no frozen weight; it only decides what the
+        trainable tensors stand for (e.g. which weight entries). Only for ``needs_training_data``."""
+        raise NotImplementedError(f"{self.name} does not select from training data")
 
     # -- adapt / merge ---------------------------------------------------------------------
     def apply(self, model: nn.Module, num_classes: int, **hparams: Any) -> nn.Module:

@@ -35,6 +35,8 @@ def is_bias(name: str) -> bool:
 @register
 class BitFit(Method):
     name = "bitfit"
+    identity_at_init = True  # equals the backbone at init: it trains the backbone's own biases
+    trains_backbone = r".*bias.*"  # the backbone tensors it trains (bench.testing): ``is_bias``
     group = "baselines"
     defaults = {}
     help = {}

@@ -111,6 +111,7 @@ class Bypassed(nn.Module):
 @register
 class Convpass(Method):
     name = "convpass"
+    identity_at_init = True  # equals the backbone at init: the up projection starts at zero
     group = "baselines"
     defaults = {"mode": "block", "dim": 8, "scale": 1.0, "conv_init": "identity"}
     help = {

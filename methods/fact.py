@@ -209,6 +209,7 @@ class _FacT(Method):
 @register
 class FacTTT(_FacT):
     name = "fact_tt"
+    identity_at_init = True  # equals the backbone at init: V starts at zero
     group = "baselines"
     defaults = {"rank": 8, "scale": 1.0}
     help = {
@@ -221,6 +222,7 @@ class FacTTT(_FacT):
 @register
 class FacTTK(_FacT):
     name = "fact_tk"
+    identity_at_init = True  # equals the backbone at init: V starts at zero
     group = "baselines"
     defaults = {"rank": 32, "scale": 1.0}
     help = {

@@ -16,6 +16,8 @@ from .base import Method, register
 @register
 class Full(Method):
     name = "full"
+    identity_at_init = True  # equals the backbone at init: it trains the backbone's own tensors
+    trains_backbone = r".*"  # the backbone tensors it trains (bench.testing): all
     defaults = {}
     help = {}
     mergeable = True  # nothing is added: the model is already plain

@@ -12,6 +12,7 @@ from .base import Method, register
 @register
 class Linear(Method):
     name = "linear"
+    identity_at_init = True  # equals the backbone at init: only the head is new
     defaults = {}
     help = {}
     mergeable = True  # nothing is added: the model is already plain

@@ -66,6 +66,7 @@ class LoRALinear(Mergeable):
 @register
 class LoRA(Method):
     name = "lora"
+    identity_at_init = True  # equals the backbone at init: B starts at zero
     defaults = {"rank": 8, "alpha": 8}
     help = {
         "rank": "rank r of the update B A on q and v (integer >= 1, at most the width)",

@@ -107,6 +107,7 @@ class RepAdapterLinear(Mergeable):
 @register
 class RepAdapterMethod(Method):
     name = "repadapter"
+    identity_at_init = True  # equals the backbone at init: the up projection starts at zero
     group = "baselines"
     defaults = {"mode": "block", "dim": 8, "groups": 2, "scale": 1.0}
     help = {

@@ -32,7 +32,8 @@ def test_every_field_changes_the_hash_and_the_json_round_trips():
                                "device_kind")
     changed = {"suite": "vtab1k", "backbone": "tiny_swin", "weights_sha256": "b" * 64, "method": "vpt",
                "fixed": (("rank", 4),), "recipe": "rlrr-paper", "epochs": 5, "warmup_epochs": 0, "batch_size": 16,
-               "trials": 3, "drop_path_rate": 0.1, "precision": "bf16", "device_kind": "cuda"}
+               "trials": 3, "drop_path_rate": 0.1, "precision": "bf16", "device_kind": "cuda",
+               "plugin": "mypkg==0.2.0"}
     assert set(changed) == {f.name for f in dataclasses.fields(Experiment)}  # every field is tried
     keys = {BASE.key()} | {dataclasses.replace(BASE, **{k: v}).key() for k, v in changed.items()}
     assert len(keys) == len(changed) + 1

@@ -22,8 +22,9 @@ from bench.train import make_optimizer
 
 import specs_baselines
 import specs_peft
+import specs_vision
 
-SPECS = (specs_baselines, specs_peft)  # each group of methods keeps its tables in its own file
+SPECS = (specs_baselines, specs_peft, specs_vision)  # each group of methods keeps its tables in its own file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

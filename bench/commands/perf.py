@@ -23,6 +23,8 @@ import methods
 
 from .. import backbones, tracking
 from ..errors import UserError
+from ..files import atomic_write_text
+from ..report.format import fmt, markdown_table
 from ..device import (autocast, current_memory_mb, median_step_seconds, peak_flops, peak_memory_mb, resolve_device,
                       seconds_per_call)
 from ..train import make_optimizer, train_step
@@ -78,12 +80,9 @@ def lora_vs_peft(backbone_name: str, device: str, batch_size: int, steps: int,
 
 
 def render_vs_peft(rows: list[dict], backbone_name: str, batch_size: int) -> str:
-    from tabulate import tabulate
-
-    table = [[r["threads"], _fmt(r["lora_ms"], 1), _fmt(r["peft_ms"], 1), _fmt(r["ratio"], 3)] for r in rows]
+    table = [[r["threads"], fmt(r["lora_ms"], 1), fmt(r["peft_ms"], 1), fmt(r["ratio"], 3)] for r in rows]
     steps, params = rows[0]["steps"], rows[0]["params_lora"]
-    text = tabulate(table, headers=["threads", "lora ms/step", "peft LoRA ms/step", "lora / peft"],
-                    tablefmt="github", disable_numparse=True)
+    text = markdown_table(table, ["threads", "lora ms/step", "peft LoRA ms/step", "lora / peft"])
     return (f"## lora against Hugging Face peft's LoRA\n\n"
             f"Our `lora` (rank 8 on q and on v) and peft's `LoraConfig(r=8, lora_alpha=8)` on the whole fused "
             f"qkv: the same trainable parameters ({params:,} here, 294,912 on ViT-B/16) and low-rank FLOPs. "
@@ -195,32 +194,22 @@ def measure_all(names: list[str], backbone_name: str, device: str, batch_size: i
     return rows
 
 
-def _fmt(v, digits=0):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return f"{v:,}"
-
-
 def render(rows: list[dict], header: str) -> str:
-    from tabulate import tabulate
-
     full = next((r for r in rows if r["method"] == "full"), None)
     table = []
     for r in rows:
         merged = r["eval_img_s_merged"]
         table.append([
-            r["method"], _fmt(r["params_backbone"]), _fmt(r["params_total"]),
-            _fmt(r["train_img_s"], 1),
-            _fmt(r["train_img_s"] / full["train_img_s"], 2) if full else "-",
-            _fmt(r.get("train_img_s_cached"), 0),
-            _fmt(r.get("train_img_s_compiled"), 1),
-            _fmt(r["eval_img_s"], 1), _fmt(merged, 1),
-            _fmt(merged / r["eval_img_s_plain"], 2) if merged else "-",
-            _fmt(r["peak_mem_mb"], 0),
-            _fmt(r["peak_mem_mb"] / full["peak_mem_mb"], 2) if full else "-",
-            _fmt(r.get("mfu_pct"), 1),
+            r["method"], fmt(r["params_backbone"], 0, grouping=True), fmt(r["params_total"], 0, grouping=True),
+            fmt(r["train_img_s"], 1, grouping=True),
+            fmt(r["train_img_s"] / full["train_img_s"], 2, grouping=True) if full else "-",
+            fmt(r.get("train_img_s_cached"), 0, grouping=True),
+            fmt(r.get("train_img_s_compiled"), 1, grouping=True),
+            fmt(r["eval_img_s"], 1, grouping=True), fmt(merged, 1, grouping=True),
+            fmt(merged / r["eval_img_s_plain"], 2, grouping=True) if merged else "-",
+            fmt(r["peak_mem_mb"], 0, grouping=True),
+            fmt(r["peak_mem_mb"] / full["peak_mem_mb"], 2, grouping=True) if full else "-",
+            fmt(r.get("mfu_pct"), 1, grouping=True),
         ])
     cols = ["method", "trainable (no head)", "trainable (head)", "train img/s", "train speed vs full",
             "train img/s on cached features", "train img/s compiled", "eval img/s", "eval img/s merged",
@@ -229,7 +218,7 @@ def render(rows: list[dict], header: str) -> str:
             "(activations, gradients, optimizer state); CUDA allocator on GPU, resident set on CPU, each "
             "method in a fresh process. Speeds are images per second of one optimizer step on a fixed "
             "random batch; 'merged vs plain' is the merged model's eval speed over the plain backbone's.")
-    return f"{header}\n\n{tabulate(table, headers=cols, tablefmt='github', disable_numparse=True)}\n\n{note}\n"
+    return f"{header}\n\n{markdown_table(table, cols)}\n\n{note}\n"
 
 
 def machine_line(device: str, backbone_name: str, batch_size: int) -> str:
@@ -260,12 +249,8 @@ def main(args: argparse.Namespace) -> int:
         vs_peft = lora_vs_peft(args.backbone, device, batch_size, 3 * steps)
         text += "\n" + render_vs_peft(vs_peft, args.backbone, batch_size)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ("perf.md" if demo and device == "cpu" else f"perf_{args.backbone}_{device}.md")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = Path(args.out) / ("perf.md" if demo and device == "cpu" else f"perf_{args.backbone}_{device}.md")
+    atomic_write_text(path, text)
     _log(rows, args, device, batch_size, vs_peft)
     print(f"wrote {path}")
     return 0

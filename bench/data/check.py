@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from ..catalog import Suite, load_suite
 from ..errors import UserError
+from ..files import atomic_write_all
 from . import layouts, manifest
 from .loading import manifest_hash, open_split
 from .parallel import map_with_progress
@@ -124,18 +125,8 @@ def _check_writable(path: Path) -> None:
 
 
 def _write_all(to_write: list[tuple[Path, str]]) -> None:
-    """Write every manifest or none: each beside its place first, then each renamed into place."""
-    partials = [(path.with_name(f"{path.name}.partial-{os.getpid()}"), path) for path, _ in to_write]
-    path = None
+    """Write every manifest or none (``bench.files.atomic_write_all``)."""
     try:
-        for (partial, path), (_, text) in zip(partials, to_write):
-            partial.write_text(text, encoding="utf-8")
-        for partial, path in partials:
-            os.replace(partial, path)
+        atomic_write_all({path: text.encode("utf-8") for path, text in to_write})
     except OSError as exc:
-        for partial, _ in partials:
-            try:
-                partial.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise _cannot_write(path, exc) from None
+        raise _cannot_write(Path(exc.filename) if exc.filename else to_write[0][0], exc) from None

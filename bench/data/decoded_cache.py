@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write_text
 from .manifest import sha256_file
 from .parallel import map_with_progress
 
@@ -81,14 +82,8 @@ def write_checksum(path: str | Path, of: str | Path | bytes | None = None) -> No
     """Write ``<path>.sha256``: the SHA-256 of ``of`` (the finished temp file about to be renamed to
     ``path``, or the bytes just written there), else of ``path``; atomically, so a reader finds the
     old checksum or the new one."""
-    target = checksum_path(path)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256(of).hexdigest() if isinstance(of, bytes) else sha256_file(Path(of or path))
-    try:
-        tmp.write_text(digest + "\n")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(checksum_path(path), digest + "\n")
 
 
 def checksum_problem(path: str | Path, data: bytes | None = None) -> str | None:

@@ -105,7 +105,8 @@ class RunSpec:
             epochs=self.epochs_override if recipe else self.epochs,
             warmup_epochs=None if recipe else self.warmup_epochs, batch_size=None if recipe else self.batch_size,
             trials=self.trials, drop_path_rate=None if recipe else self.drop_path_rate,
-            precision=precision(self.device), device_kind=self.device.split(":")[0])
+            precision=precision(self.device), device_kind=self.device.split(":")[0],
+            plugin=methods.plugins.provenance(method) or "")
 
     def setting(self, method: str, task: Task) -> Setting:
         """The recipe's settings of (method, task); under --epochs N, N epochs and no cool-down."""
