@@ -43,7 +43,7 @@ class Suite:
     needs_data_root: bool
     groups: tuple[str, ...]
     splits: Splits
-    recipe: dict
+    protocol: dict  # the suite's protocol defaults ([protocol]: epochs, warm-up, batch, seeds, trials, image size)
     transform: dict
     tasks: dict[str, Task]
     # the weights file the published rows were measured with, and its known SHA-256 digests: only
@@ -98,7 +98,7 @@ def load_suite(name: str) -> Suite:
         needs_data_root=bool(raw.get("needs_data_root", False)),
         groups=tuple(raw.get("groups", ())),
         splits=Splits(s["tune_train"], s["tune_val"], s["final_train"], s["test"], tuple(s["all"])),
-        recipe=dict(raw["recipe"]),
+        protocol=dict(raw["protocol"]),
         transform=dict(raw.get("transform", {})),
         tasks=tasks,
         paper_weights=raw.get("paper_weights", ""),

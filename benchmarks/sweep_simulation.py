@@ -99,7 +99,7 @@ def worker(args) -> None:
         with timed("open_study"):
             study, created = tune.open_study(storage, name, seed=int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
             if created:
-                study.enqueue_trial(tune.COMMON_DEFAULTS, user_attrs={"recipe_default": True})
+                study.enqueue_trial(tune.COMMON_DEFAULTS, user_attrs={"default_trial": True})
         return study, TrialBudget(storage, study, args.trials)
 
     def run(study, trial, objective) -> float:

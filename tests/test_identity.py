@@ -125,7 +125,7 @@ def test_a_rerun_with_another_protocol_weights_or_budget_tunes_its_own_trials(tm
 def test_a_trial_records_its_derived_hyperparameters_and_the_final_fit_uses_them(tmp_path, monkeypatch):
     """Wrong result 2: DoRA's search space derives alpha = 2 * rank, but only rank was an Optuna
     param, so the final fit of a winning rank-32 trial trained with the default alpha (16), not 64.
-    Here the recipe-default trial is rank 32 (defaults patched), the only trial, so it wins."""
+    Here the default trial is rank 32 (defaults patched), the only trial, so it wins."""
     dora = type(methods.get("dora"))
     monkeypatch.setattr(dora, "defaults", {**dora.defaults, "rank": 32})
     assert dora.defaults["alpha"] == 16

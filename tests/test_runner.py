@@ -66,7 +66,7 @@ def test_micro_run_end_to_end(micro):
         for task in TASKS.split(","):
             trials = study(micro, method, task).trials
             assert len(trials) == 2
-            assert trials[0].params["lr"] == tune.COMMON_DEFAULTS["lr"]  # first trial = recipe defaults
+            assert trials[0].params["lr"] == tune.COMMON_DEFAULTS["lr"]  # first trial = defaults
     assert (micro / "reports" / "demo.md").is_file()
 
 

@@ -1,6 +1,7 @@
 """Many workers, one sweep: concurrent workers share the stores and divide the work; a worker
 killed with SIGKILL and started again loses nothing and counts nothing twice; the Optuna storage
-holds a tuning study and a final-fit study per (method, task), nothing else."""
+holds a tuning study and a final-fit study per (method, task), nothing else. The same on
+PostgreSQL with an MLflow server: tests/test_postgres.py."""
 from __future__ import annotations
 
 import os
@@ -69,7 +70,7 @@ def test_three_workers_share_the_sweep_and_match_one_worker(tmp_path):
 
 
 def assert_storage_holds_the_sweep(out, budget: int, seeds) -> None:
-    """Exactly ``budget`` finished trials per tuning study, the recipe defaults once among them; a
+    """Exactly ``budget`` finished trials per tuning study, the defaults once among them; a
     final-fit study whose every fit finished once and points at its MLflow run; no other study."""
     import optuna
     from optuna.trial import TrialState
@@ -102,7 +103,7 @@ def assert_no_duplicate_trials(trials) -> None:
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == len(params), f"one configuration ran twice: {params}"
     defaults = [t for t in trials if t.params.get("lr") == 1e-3 and t.params.get("weight_decay") == 1e-4]
-    assert len(defaults) == 1, f"{len(defaults)} recipe-default trials"
+    assert len(defaults) == 1, f"{len(defaults)} default trials"
 
 
 # A slow storage (a database across a network) widens the window between a worker's check that
@@ -121,7 +122,7 @@ sys.exit(bench.cli.main(sys.argv[1:]))
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_concurrent_workers_fill_the_budget_exactly(tmp_path, workers):
-    """Each study ends with exactly --trials finished trials, the recipe defaults once among them,
+    """Each study ends with exactly --trials finished trials, the defaults once among them,
     under 1, 2 and 3 workers on a slow storage (issue 11, item 6: concurrent workers once ran the
     defaults two or three times; issue 12: the budget is the study's own trial count). A worker
     whose ask overshot the budget tells its trial FAIL, marked ``surplus``."""
@@ -183,13 +184,3 @@ def test_sigkill_then_restart_loses_nothing_and_counts_nothing_twice(tmp_path):
     assert statuses["FINISHED"] == len(EXPECTED)
     assert_storage_holds_the_sweep(tmp_path, budget=2, seeds=(1, 2))
 
-
-@pytest.mark.skipif(not os.environ.get("BENCH_TEST_POSTGRES_URL"),
-                    reason="set BENCH_TEST_POSTGRES_URL=postgresql://user:pass@host/db to run against PostgreSQL")
-def test_two_workers_share_a_postgresql_study(tmp_path):
-    url = os.environ["BENCH_TEST_POSTGRES_URL"]
-    out = tmp_path / "pg"
-    procs = [worker(out, "--epochs", "1", "--storage", url) for _ in range(2)]
-    for p in procs:
-        wait(p)
-    assert set(finished_by_key(out)) == EXPECTED

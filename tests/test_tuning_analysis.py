@@ -1,4 +1,4 @@
-"""Issue 15, tuning analysis: the recipe-default trial against the tuned best, best-so-far
+"""Issue 15, tuning analysis: the default trial against the tuned best, best-so-far
 against the number of trials, importances, on small Optuna storages made here the way the runner
 opens and fills its studies (identified by the experiment each stores, never by name); which storage `bench report` reads, and that it never creates one."""
 from __future__ import annotations
@@ -36,8 +36,8 @@ def cell(method: str, task: str, fixed: dict | None = None, backbone: str = DEMO
 
 def run_trial(study, params: dict, value: float | None, state=TrialState.COMPLETE, first: bool = False) -> None:
     """Enqueue ``params``, ask, suggest the searched ones (a fixed variant value is not searched),
-    tell: the path of a runner trial; ``first``: the recipe-default trial the runner enqueues."""
-    study.enqueue_trial(params, user_attrs={"recipe_default": True} if first else None)
+    tell: the path of a runner trial; ``first``: the default trial the runner enqueues."""
+    study.enqueue_trial(params, user_attrs={"default_trial": True} if first else None)
     trial = study.ask()
     for name, dist in SPACE.items():
         if name in params:
@@ -149,7 +149,7 @@ def test_the_default_trial_is_the_one_the_runner_enqueued_not_a_text_match():
     lora = defaults("lora")
     dists = {k: SPACE[k] for k in lora}
     marked = optuna.trial.create_trial(params={**lora, "rank": 4}, distributions=dists, value=1.0,
-                                       user_attrs={"recipe_default": True})
+                                       user_attrs={"default_trial": True})
     assert tuning.is_default(marked)
     same_values = optuna.trial.create_trial(params=lora, distributions=dists, value=1.0)
     assert not tuning.is_default(same_values)  # sampled onto the defaults: still a tuned trial

@@ -68,7 +68,7 @@ def image_plan(suite: Suite, task: Task, train: bool, flip: bool = False) -> Ima
     kind = settings.get("train" if train else "eval", "none")
     if kind not in KINDS:
         raise UserError(f"suite {suite.name}: unknown transform {kind!r}; known: {', '.join(KINDS)}")
-    image_size = int(suite.recipe["image_size"])
+    image_size = int(suite.protocol["image_size"])
     cache_size = int(settings.get("resize_size", round(image_size * 256 / 224))) if kind in CROPPING else image_size
     interpolation = settings.get("interpolation", DEFAULT_INTERPOLATION[kind])
     if interpolation not in RESAMPLING:

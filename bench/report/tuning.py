@@ -1,4 +1,4 @@
-"""What the Optuna studies say about tuning: per method (variant), how far the recipe-default
+"""What the Optuna studies say about tuning: per method (variant), how far the default
 trial is from the tuned best (how much the method depends on tuning), whether the trial budget
 sufficed (best-so-far validation accuracy against the number of trials), and which
 hyperparameters mattered (``optuna.importance``, fANOVA).
@@ -6,8 +6,8 @@ hyperparameters mattered (``optuna.importance``, fANOVA).
 Read only: a storage file that is not there is never created (``open_storage``). Studies are
 found by the identity each stores (``bench.run.study.study_cell``: a tuning study of the suite), never
 by their names; final-fit studies and studies of other versions are skipped. Rows are labelled as
-the leaderboard labels them (``identity.row_labels``, per backbone). The recipe-default trial is
-the one ``Runner`` enqueued first (user attribute ``recipe_default``); the tuned best is the best
+the leaderboard labels them (``identity.row_labels``, per backbone). The default trial is
+the one ``Runner`` enqueued first (user attribute ``default_trial``); the tuned best is the best
 COMPLETE trial (highest value, ties to the lowest number). Only COMPLETE and PRUNED trials are
 finished; a pruned trial counts as a trial of the budget but has no value.
 Which storage a report reads (``tuning_source``): ``--storage``, else the one beside a SQLite MLflow
@@ -96,7 +96,7 @@ class StudyResult:
     method: str
     task: str
     finished: int  # COMPLETE + PRUNED trials
-    default: float  # the recipe-default trial's value (NaN: none, or it was pruned)
+    default: float  # the default trial's value (NaN: none, or it was pruned)
     best: float  # the best COMPLETE value (NaN: none)
     best_at: int  # 1-based position among finished trials where the best was first reached (0: none)
     curve: list[float] = field(default_factory=list)  # best-so-far after each finished trial
@@ -104,9 +104,9 @@ class StudyResult:
 
 
 def is_default(trial) -> bool:
-    """Whether a trial ran the recipe defaults: the trial ``Runner`` enqueued first, or its copy
+    """Whether a trial ran the defaults: the trial ``Runner`` enqueued first, or its copy
     re-queued after an interruption (the user attributes travel with it)."""
-    return bool(trial.user_attrs.get("recipe_default"))
+    return bool(trial.user_attrs.get("default_trial") or trial.user_attrs.get("recipe_default"))  # the latter: studies before 2026-12-06
 
 
 def study_result(storage, name: str, label: str, method: str, task: str, importances: bool = True) -> StudyResult:
@@ -273,7 +273,7 @@ def plot_png(table: pd.DataFrame, curves: dict[str, np.ndarray], title: str) -> 
         left.xaxis.get_major_locator().set_params(integer=True)
     gaps = table["gap"].dropna().sort_values(kind="stable") if not table.empty else pd.Series(dtype=float)
     right.barh(list(gaps.index), gaps.to_numpy(), color="C0")
-    right.set_xlabel("Tuned best minus recipe default (val acc, points)")
+    right.set_xlabel("Tuned best minus the default trial (val acc, points)")
     right.set_title("How much tuning adds (mean over tasks)", fontsize=10)
     right.tick_params(axis="y", labelsize=7)
     right.grid(True, axis="x", alpha=0.3)
@@ -295,7 +295,7 @@ def section(results: list[StudyResult], where: str, suite_name: str, title: str,
     few = table["trials_max"].max() < FEW_TRIALS
     lines += [f"From {len(results)} studies in {where}: validation accuracy (%) on the tuning split, not the "
               f"test accuracy of the leaderboard.", "", tuning_table(table), "",
-              "- Default (val): the recipe-default trial (common defaults, the method's defaults, fixed values: the "
+              "- Default (val): the default trial (common defaults, the method's defaults, fixed values: the "
               "first trial of every study); Tuned (val): the study's best complete trial; both averaged over the "
               "studies that have both (a pruned default trial has no value). Gap: tuned minus default, mean and "
               "largest over those studies: how much the method depends on tuning. Default was best: studies where "

@@ -21,7 +21,7 @@ does not grow with the sweep.
   - A trial of a dead process on this host is failed at once, without waiting for the grace
     period.
   - Either way the storage's retry callback re-enqueues the trial with its parameters and user
-    attributes (the seed of a final fit, the recipe defaults of a tuning trial).
+    attributes (the seed of a final fit, the defaults of a tuning trial).
 
 Trials of these studies are what a user sees in optuna-dashboard: a tuning study per (method,
 task) and variant, and its final-fit study ``<tuning study>/final``; nothing else.

@@ -61,7 +61,7 @@ def print_plan(spec) -> None:
     rows, total = [], 0.0
     for method in spec.methods:
         train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
-                                              steps, int(s.recipe["image_size"]))
+                                              steps, int(s.protocol["image_size"]))
         seconds = sum(estimate_seconds(spec, method, t, *sizes[t.name], train_rate, eval_rate, probe)
                       for t in spec.tasks)
         total += seconds

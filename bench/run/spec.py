@@ -241,7 +241,7 @@ def check_backbone(name: str, suite: Suite, method_names: list[str]) -> backbone
     """The backbone ``name`` if the suite's images fit it and every chosen method runs on its
     family; else one ``UserError`` line (before anything is built or written)."""
     spec = check_methods_run_on(name, method_names)
-    size = int(suite.recipe["image_size"])
+    size = int(suite.protocol["image_size"])
     if size != spec.image_size:
         raise UserError(f"backbone {name} runs on {spec.image_size}px images; suite {suite.name}'s are {size}px")
     return spec
@@ -289,7 +289,7 @@ def build_spec(request: RunRequest) -> RunSpec:
         positive(value, what)
     if request.workers < 0:
         raise UserError(f"--workers must be >= 0, got {request.workers}")
-    seeds = parse_int_list(request.seeds, "--seeds", 0, MAX_SEED) or list(suite.recipe["seeds"])
+    seeds = parse_int_list(request.seeds, "--seeds", 0, MAX_SEED) or list(suite.protocol["seeds"])
     if suite.needs_data_root and not request.data_root:
         raise UserError(f"suite {suite.name} reads data from disk: pass --data-root DIR")
     if request.data_root and not Path(request.data_root).is_dir():
@@ -308,7 +308,7 @@ def build_spec(request: RunRequest) -> RunSpec:
     if not 0.0 <= drop_path_rate < 1.0:
         raise UserError(f"--drop-path-rate must be in [0, 1), got {drop_path_rate}")
     device = resolve_device(request.device)
-    epochs = request.epochs or suite.recipe["epochs"]
+    epochs = request.epochs or suite.protocol["epochs"]
     out = Path(request.out)
     tracking_uri = request.tracking_uri or tracking.default_tracking_uri(out)
     if not request.storage:  # the default Optuna storage's URL names --out: one no URL carries is refused now
@@ -320,9 +320,9 @@ def build_spec(request: RunRequest) -> RunSpec:
                         "or http://host:5000")
     return RunSpec(
         suite=suite, tasks=tasks, backbone=backbone, methods=method_names, seeds=seeds,
-        trials=0 if recipe else request.trials or suite.recipe["trials"], epochs=epochs,
-        warmup_epochs=min(suite.recipe["warmup_epochs"], max(epochs - 1, 0)),
-        batch_size=request.batch_size or suite.recipe["batch_size"], data_root=request.data_root,
+        trials=0 if recipe else request.trials or suite.protocol["trials"], epochs=epochs,
+        warmup_epochs=min(suite.protocol["warmup_epochs"], max(epochs - 1, 0)),
+        batch_size=request.batch_size or suite.protocol["batch_size"], data_root=request.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=request.storage,
         tracking_uri=tracking_uri, workers=request.workers, compile=request.compile, force=request.force,
         fixed=parse_fixed(list(request.hparam), method_names, backbone), drop_path_rate=drop_path_rate,

@@ -170,7 +170,7 @@ def open_study(storage, name: str, seed: int, cell: Cell | None = None, role: st
                warmup_epochs: int = 0, force: bool = False) -> tuple[optuna.Study, bool]:
     """(the study ``name``, whether this call created it); ``force`` starts it afresh. Creating a study name is atomic in every storage, so exactly one
     of many workers opening a new study together gets ``created`` and does what must happen once
-    (enqueue the recipe defaults, queue the fits). The study of a ``cell`` (what the runner opens)
+    (enqueue the defaults, queue the fits). The study of a ``cell`` (what the runner opens)
     stores its whole identity and its ``role``; one whose stored identity differs is never used
     (one line, exit 2).
 
@@ -218,6 +218,6 @@ def best_params(study: optuna.Study) -> tuple[dict, str]:
     ones included), or (empty, reason) when no trial completed."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        return {}, "no trial completed; recipe defaults used"
+        return {}, "no trial completed; defaults used"
     best = max(complete, key=lambda t: (t.value, -t.number))
     return dict(best.user_attrs["hparams"]), f"trial {best.number}"

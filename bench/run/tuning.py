@@ -24,14 +24,14 @@ class Tuning:
     def _study(self, method: str, task: Task) -> optuna.Study:
         """The tuning study, opened once per process (--force restarts it on that first open, not
         again when the second pass comes back to it); the worker that creates it enqueues the
-        recipe-default trial (trial 0)."""
+        default trial (trial 0)."""
         cell = self.cell(method, task)
         name = cell.study_name()
         if name not in self._studies:
             study, created = open_study(self.storage, name, sampler_seed(cell), cell,
                                         warmup_epochs=self.spec.warmup_epochs, force=self.spec.force)
             if created and self.spec.trials:
-                study.enqueue_trial(self.defaults(method), user_attrs={"recipe_default": True})
+                study.enqueue_trial(self.defaults(method), user_attrs={"default_trial": True})
             self._studies[name] = study
         return self._studies[name]
 
