@@ -36,6 +36,25 @@ def randomise_1d(model):
     return model.eval()
 
 
+def perturb_trainable(model, std=0.1):
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(std * torch.randn_like(p))
+
+
+def with_head_of(base, adapted):
+    """``base`` with ``adapted``'s head, to compare logits with the un-adapted backbone."""
+    import copy
+
+    ref = copy.deepcopy(base)
+    ref.reset_classifier(adapted.num_classes)
+    ref.head.load_state_dict(adapted.head.state_dict())
+    return ref.eval()
+
+
 @pytest.fixture(scope="module")
 def small_vit():
     """The demo architecture, randomly initialised (seed 0), with non-trivial 1-d tensors."""

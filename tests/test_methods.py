@@ -5,7 +5,6 @@ Generic tests run over ``methods.names()``, so a newly registered method is cove
 """
 from __future__ import annotations
 
-import copy
 import re
 
 import optuna
@@ -18,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import methods
 from bench.backbones import DEMO_CONFIG, create_demo
+from conftest import perturb_trainable, with_head_of
 from bench.train import make_optimizer
 
 import specs_baselines
@@ -88,21 +88,6 @@ def same_state(model, snap) -> bool:
 
 def trainable_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
-def perturb_trainable(model, std=0.1):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn_like(p))
-
-
-def with_head_of(base, adapted):
-    """``base`` with ``adapted``'s head, to compare logits with the un-adapted backbone."""
-    ref = copy.deepcopy(base)
-    ref.reset_classifier(adapted.num_classes)
-    ref.head.load_state_dict(adapted.head.state_dict())
-    return ref.eval()
 
 
 # -- counts ---------------------------------------------------------------------------------

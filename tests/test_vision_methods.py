@@ -8,7 +8,6 @@ changed, each change said where it is), run on the modules of a timm ViT. The re
 (tables: ``specs_vision.py``)."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -22,22 +21,16 @@ from torch.utils.data import TensorDataset
 
 import methods
 from bench import train
-from bench.backbones import DEMO_CONFIG
+from conftest import perturb_trainable, randomise_1d, with_head_of
 from methods.gps import GPSWeight, random_resized_crops, supcon_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def demo_vit():
+def demo_vit(small_vit):
     """The demo architecture (4x4 patch grid), random, with non-trivial biases and norms."""
-    torch.manual_seed(0)
-    model = VisionTransformer(num_classes=0, **DEMO_CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return small_vit
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +38,7 @@ def grid14_vit():
     """A small ViT with ViT-B/16's 14x14 patch grid (56 px, patch 4), which DTL's official code
     hard-codes, random, with non-trivial biases and norms."""
     torch.manual_seed(0)
-    model = VisionTransformer(num_classes=0, img_size=56, patch_size=4, embed_dim=48, depth=4, num_heads=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-def perturb_trainable(model, std=0.05):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn_like(p))
-
-
-def with_head_of(base, adapted):
-    ref = copy.deepcopy(base)
-    ref.reset_classifier(adapted.num_classes)
-    ref.head.load_state_dict(adapted.head.state_dict())
-    return ref.eval()
+    return randomise_1d(VisionTransformer(num_classes=0, img_size=56, patch_size=4, embed_dim=48, depth=4, num_heads=3))
 
 
 def images(n, size, seed=1):
@@ -151,7 +125,7 @@ def test_adapter_plus_equals_the_official_forward(demo_vit, hp):
     official Adapter + forward_post with copied weights."""
     x = images(4, 32)
     model = methods.get("adapter_plus").apply(demo_vit, num_classes=10, **hp)
-    perturb_trainable(model)
+    perturb_trainable(model, std=0.05)
     ref = official_adapter_plus_model(demo_vit, model)
     with torch.no_grad():
         diff = (model.eval()(x) - ref.eval()(x)).abs().max().item()
