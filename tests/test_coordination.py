@@ -4,6 +4,7 @@ when asks interleave, final fits handed out once, dead workers found by the stor
 lists all studies."""
 from __future__ import annotations
 
+import os
 import time
 
 import optuna
@@ -179,3 +180,22 @@ def test_processes_taking_waiting_fits_together_each_get_their_own(tmp_path):
     assert not [r for r in results if isinstance(r, str)], results
     keys = [k for r in results for k in r]
     assert sorted(keys) == sorted(f"k{i}" for i in range(100))  # every fit once, none twice
+
+
+def test_an_exited_but_unreaped_worker_is_dead():
+    """A worker that was killed but not yet reaped by its parent (a zombie) still answers
+    ``kill(pid, 0)``; it must count as dead, or its trial waits out the heartbeat's grace."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = f"{socket.gethostname()}:{proc.pid}"
+    deadline = time.time() + 30
+    while not coordination._zombie(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert coordination._zombie(proc.pid)  # exited, not reaped: kill(pid, 0) still succeeds
+    assert not coordination.owner_alive(owner)
+    proc.wait()
+    assert not coordination.owner_alive(owner)
+    assert coordination.owner_alive(f"{socket.gethostname()}:{os.getpid()}")

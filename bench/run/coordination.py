@@ -35,6 +35,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -79,6 +80,17 @@ def owner_alive(owner: str) -> bool:
         return False
     except PermissionError:
         return True
+    return not _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped by its parent yet (Linux ``/proc``: state Z):
+    ``os.kill(pid, 0)`` still succeeds on it, but it will never finish its trial."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (macOS): kill(0) is all we can tell
+    return stat.rpartition(")")[2].split()[0] == "Z"
     return True
 
 
