@@ -24,7 +24,7 @@ TINY = catalog.Suite(
     groups=("Natural", "Structured"),
     splits=catalog.Splits("train800", "val200", "train800val200", "test",
                           ("train800", "val200", "train800val200", "test")),
-    recipe={}, transform={},
+    protocol={}, transform={},
     tasks={
         "digits": catalog.Task("digits", 10, "Natural"),
         "textures": catalog.Task("textures", 20, "Natural"),
