@@ -2,7 +2,7 @@
 
 The layers, top down: ``cli`` parses the command line and ``commands`` holds one thin module per
 command; ``run`` runs the protocol (spec, tuning, final fits, coordination of workers); ``train``
-is the training loop (with ``device`` and ``checkpoints``); ``report`` renders leaderboards,
+is the training loop (with ``device``, ``compiled`` and ``checkpoints``); ``report`` renders leaderboards,
 statistics and plots from what MLflow holds; ``backbones`` builds timm models and loads weights;
 ``data`` serves every suite's splits; ``identity`` defines what makes runs one experiment,
 ``catalog`` and ``recipes`` read the suites and paper recipes (data, not code), ``tracking`` names

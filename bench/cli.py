@@ -18,6 +18,9 @@ from .errors import UserError
 
 EXIT_USER_ERROR = 2
 # bench.backbones is not imported here (it imports timm): `bench --help` stays instant
+METHODS_HELP = ("comma-separated method names and sets: all, core (the seven of the design: full, linear, vpt, "
+                "lora, adapter, ssf, rlrr), baselines, peft (Hugging Face peft's tuners), vision (adapter_plus, dtl, "
+                "gps) (default: all)")
 BACKBONE_HELP = "backbone name, e.g. vit_large_patch16_224 or swin_base_patch4_window7_224 (an unknown name lists all)"
 
 
@@ -59,6 +62,8 @@ def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or SQLite under --out)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="autocast precision of training and evaluation (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--drop-path-rate", type=float, default=None, metavar="RATE",
                    help="timm's stochastic depth, rising linearly to RATE at the last block (default: 0; "
                         "the official RLRR/NOAH/SSF scripts use 0.1-0.5)")
@@ -104,12 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="tune, fit the final seeds, test, track and report")
     p.add_argument("--methods", default="all",
-                   help="comma-separated method names and sets: all, core (the seven of the design: full, "
-                        "linear, vpt, lora, adapter, ssf, rlrr), baselines, peft (default: all)")
+                   help=METHODS_HELP)
     _add_common_run_args(p)
     p.add_argument("--jobs", default="auto",
                    help="local worker processes sharing the stores (default auto: one per CPU core on CPU, "
-                        "1 on GPU)")
+                        "one per GPU on GPU, each pinned to its GPU)")
+    p.add_argument("--devices", default=None, metavar="0,2,3",
+                   help="the GPUs the workers use, one worker pinned to each (default: every visible GPU)")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="no tuning: train the final fits with a paper's per-task settings "
                         "(bench/catalog_data/recipes: rlrr-paper, noah-paper)")
@@ -118,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None,
                    help="where the leaderboard goes (default: the --out folder; `bench report --out reports` "
                         "regenerates the committed one)")
+    from .run.launch import add_launcher_args  # light: submitit is imported only when a launcher runs
+    add_launcher_args(p)  # --launcher slurm|local, --wait, --log-dir and the Slurm settings
     p.set_defaults(handler="bench.commands.run:main_run")
 
     p = sub.add_parser("tune", help="run one Optuna study (one method x one task)")
@@ -125,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name")
     _add_common_run_args(p)
     p.set_defaults(handler="bench.commands.run:main_tune")
+
+    p = sub.add_parser("status", help="how far a sweep is: studies, trials and final fits per method, workers "
+                                      "alive, time left (reads the stores, writes nothing)")
+    p.add_argument("--out", default="runs", help="the run's output folder, whose stores are read unless given "
+                                                 "(default: runs)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the SQLite file under --out)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the SQLite file under --out)")
+    p.add_argument("--suite", default=None, help="only this suite (default: every suite in the storage)")
+    p.set_defaults(handler="bench.commands.status:main")
 
     p = sub.add_parser("report", help="render leaderboards from MLflow")
     p.add_argument("--suite", default=None, help="demo | vtab1k | fgvc (default: every suite with runs)")
@@ -148,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="measure speed and memory of every method")
     p.add_argument("--backbone", default="demo", help=f"{BACKBONE_HELP} (default: demo)")
     p.add_argument("--methods", default="all",
-                   help="comma-separated method names and sets: all, core (the seven of the design: full, "
-                        "linear, vpt, lora, adapter, ssf, rlrr), baselines, peft (default: all)")
+                   help=METHODS_HELP)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64 demo, 32 ViT-B)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
@@ -158,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     add_plugin_flag(p)
     p.set_defaults(handler="bench.commands.perf:main")
+
+    p = sub.add_parser("gpu-check", help="GPU acceptance: every method a few bf16 steps on ViT-B/16, eager and "
+                                         "compiled; images/s, MFU, peak memory, compile speed-up (CUDA only)")
+    p.add_argument("--methods", default="all", help=METHODS_HELP)
+    p.add_argument("--backbone", default="vit_base_patch16_224",
+                   help=f"{BACKBONE_HELP}, randomly initialised (default: vit_base_patch16_224)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="no measurement starts after this many seconds; its row says it did not run (default: 540)")
+    p.add_argument("--out", default="reports", help="where gpu_check_<device>.md goes (default: reports)")
+    add_plugin_flag(p)
+    p.set_defaults(handler="bench.commands.gpu_check:main")
     return parser
 
 

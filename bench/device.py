@@ -33,17 +33,82 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def precision(device: str) -> str:
-    """The precision a run trains in on ``device``: bf16 autocast on GPU, fp32 elsewhere (part of
-    the experiment's identity: ``bench.identity``)."""
+    """The precision a run trains in on ``device`` by default (``--precision`` unset): bf16 autocast
+    on GPU, fp32 elsewhere (part of the experiment's identity: ``bench.identity``)."""
     return "bf16" if device.startswith("cuda") else "fp32"
 
 
-def autocast(device: str):
-    """bf16 autocast on GPU; a no-op context on CPU."""
-    if precision(device) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def resolve_precision(name: str | None, device: str) -> str:
+    """``--precision``: fp32 or bf16; None is the device's default (``precision``)."""
+    from .errors import UserError
+
+    if name is None:
+        return precision(device)
+    if name not in PRECISIONS:
+        raise UserError(f"unknown precision {name!r}; use {' or '.join(PRECISIONS)}")
+    return name
+
+
+def autocast(device: str, precision_name: str | None = None):
+    """Device-generic autocast: ``torch.autocast(device_type, dtype=torch.bfloat16)`` for bf16 (on
+    CPU too), disabled for fp32; ``precision_name`` None is the device's default (``precision``)."""
+    device_type = device.split(":")[0]
+    if (precision_name or precision(device)) == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return torch.autocast(device_type, enabled=False)
+
+
+# ----------------------------------------------------------------------------- one worker per GPU
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, each as ``CUDA_VISIBLE_DEVICES`` names it for a child
+    process (an index, or a UUID where the variable lists UUIDs); [] without CUDA. Does not
+    create a CUDA context (``torch.cuda.device_count`` asks NVML where it can)."""
+    import os
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [d.strip() for d in listed.split(",") if d.strip()][:count]
+
+
+def pick_gpus(device: str, devices: str | None) -> list[str]:
+    """The GPUs local workers are pinned to, one each (``CUDA_VISIBLE_DEVICES``): with ``--device
+    cuda`` (or auto on a CUDA machine) every visible GPU, or those ``--devices 0,2,3`` picks (their
+    positions among the visible ones, as torch numbers them: cuda:0, cuda:2, cuda:3); [] on CPU
+    and for one named GPU (``--device cuda:1``), which a single worker uses unpinned."""
+    from .errors import UserError
+
+    if devices is None:
+        return visible_gpus() if device == "cuda" else []
+    if device != "cuda":
+        raise UserError(f"--devices picks GPUs for one worker each; it needs --device cuda or auto on a CUDA "
+                        f"machine (the device is {device})")
+    visible = visible_gpus()
+    try:
+        positions = [int(v) for v in devices.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--devices takes comma-separated GPU numbers, e.g. 0,2,3, got {devices!r}") from None
+    if not positions or len(set(positions)) != len(positions):
+        raise UserError(f"--devices must list distinct GPU numbers, got {devices!r}")
+    bad = [p for p in positions if not 0 <= p < len(visible)]
+    if bad:
+        raise UserError(f"--devices {devices}: no GPU {', '.join(map(str, bad))}; this machine shows {len(visible)} "
+                        f"(0 to {len(visible) - 1})")
+    return [visible[p] for p in positions]
+
+
+def pinned_env(env: dict, gpus: list[str], worker: int) -> dict:
+    """``env`` for local worker number ``worker``: pinned to one GPU of ``gpus`` (round robin when
+    there are more workers than GPUs) by ``CUDA_VISIBLE_DEVICES``; ``env`` unchanged without GPUs.
+    A pinned worker sees its GPU alone, as cuda:0."""
+    if not gpus:
+        return dict(env)
+    return {**env, "CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]}
 
 
 def start_measuring(device: str) -> float:
@@ -95,8 +160,18 @@ def current_memory_mb(device: str) -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def device_class(device: str) -> str:
+    """What a throughput or memory figure was measured on, for the report's columns: the GPU's
+    name (e.g. "NVIDIA H100 80GB HBM3") or "CPU"."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return "CPU"
+
+
 def peak_flops(device: str) -> float | None:
+    """The dense bf16 peak FLOP/s of ``device`` (``PEAK_BF16_FLOPS``, by name); None on CPU and
+    for a GPU not in the table."""
     if not device.startswith("cuda"):
         return None
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name(torch.device(device))
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)

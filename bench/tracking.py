@@ -1,17 +1,11 @@
 """What every run logs to MLflow, by name. The runner writes these; ``bench report`` reads them.
 
-One experiment per suite (``peft-bench/<suite>``); one run per (method, task, seed, phase).
-Tags (strings): phase ("trial" | "final"), suite, method, task, group, seed, git_commit,
-experiment (the run's experiment identity, ``bench.identity.Experiment.to_json``: the only record
-of it that is read back), experiment_key (its short hash), run_key (final fits), study,
-trial_number (trials only).
-Params: every hyperparameter the run trains with (method-specific, common, derived), the
-experiment's fields (``Experiment.params``), task, seed, data_sha256, weights file, git_commit,
-versions of torch/timm/optuna/mlflow/peft.
-Metrics: per epoch ``train_loss``, ``lr``, ``val_acc`` (trials) with step=epoch; at the end
-``test_acc`` (final runs, percent, last epoch), ``val_acc`` (trials, percent),
-``params_backbone`` (trainable, no head), ``params_total`` (trainable, head included),
-``train_img_per_s``, ``eval_img_per_s``, ``peak_mem_mb``, ``wall_s``.
+One experiment per suite (``peft-bench/<suite>``); one run per (method, task, seed, phase). Every
+tag, param and metric a trial or final run records, and every user attribute of the Optuna studies
+and trials, is declared once in ``bench.tracking_schema.SCHEMA``, with the names below as
+constants; ``python -m bench.reference_docs`` renders it as docs/reference/tracking.md, and
+tests/test_docs.py checks a real run against it both ways.
+The experiment tag (``bench.identity.Experiment.to_json``) is the only record read back.
 Only runs with status FINISHED count; a killed or failed run is marked FAILED/KILLED.
 """
 from __future__ import annotations
@@ -26,6 +20,8 @@ from pathlib import Path
 EXPERIMENT_PREFIX = "peft-bench/"
 EXPERIMENT_TAG = "experiment"  # JSON of the run's bench.identity.Experiment
 EXPERIMENT_KEY_TAG = "experiment_key"  # its short hash
+DEVICE_NAME_PARAM = "device_name"  # the device class a run's throughput and memory come from ("CPU", a GPU's name)
+COMPILE_TAG = "compile"  # under --compile: "compiled", or "eager: <why>" for a method with compiles = False
 RANDOM_INIT = "none"  # `--pretrained none`, and the weights_sha256 param of its runs: a random backbone
 PHASE_TRIAL = "trial"
 PHASE_FINAL = "final"
@@ -41,6 +37,14 @@ TRAIN_IMG_PER_S = "train_img_per_s"
 EVAL_IMG_PER_S = "eval_img_per_s"
 PEAK_MEM_MB = "peak_mem_mb"
 WALL_S = "wall_s"
+DATA_WAIT_FRAC = "data_wait_frac"  # per epoch (bench.train)
+
+# Optuna user attributes of a study (bench.run.study)
+IDENTITY_ATTR = "identity"  # its cell, ``Cell.to_dict()``
+ROLE_ATTR = "role"  # what its trials are: "tuning" or "final fits"
+
+# the packages whose versions every run logs (``version_<name>`` params); peft: its tuners' counts vary by version
+VERSIONED_PACKAGES = ("torch", "timm", "optuna", "mlflow", "peft", "peft-bench")
 
 
 def experiment_name(suite: str) -> str:
@@ -157,7 +161,7 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "timm", "optuna", "mlflow", "peft", "peft-bench"):  # peft: its tuners' counts vary by version
+    for pkg in VERSIONED_PACKAGES:
         try:
             out[f"version_{pkg.replace('-', '_')}"] = version(pkg)
         except PackageNotFoundError:

@@ -2,8 +2,8 @@
 
 One recipe for every method (so numbers are comparable): AdamW with weight decay where each
 method's official code applies it (``Method.decays``), a per-step cosine schedule with linear warmup
-(timm's scheduler), bf16 autocast on GPU, deterministic seeding, one tqdm bar per run.
-A head-only model (the linear probe) trains on backbone features computed once per split.
+(timm's scheduler), autocast in the run's precision (``--precision``), deterministic seeding, one
+tqdm bar per run. A head-only model (the linear probe) trains on backbone features computed once per split.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
-import torch.utils.data
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -30,8 +29,8 @@ import methods
 from methods.families import set_drop_path, set_residual_dropout
 
 from .checkpoints import BadCheckpoint, Progress, load_checkpoint, save_checkpoint
+from .compiled import compile_step, compiles
 from .device import autocast, peak_memory_mb, start_measuring
-
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
 
@@ -50,7 +49,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
-    compile: bool = False
+    compile: bool = False  # torch.compile the step (not for a method with ``compiles = False``)
+    precision: str | None = None  # "fp32" | "bf16" autocast; None: the device's default
     desc: str = ""
     checkpoint: str | None = None  # save every epoch here and resume from it (preemptible GPU jobs)
     # A paper recipe's schedule (``bench.recipes``), None for the tuned protocol's: timm's
@@ -180,12 +180,13 @@ class FeatureDataset(TensorDataset):
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0) -> "FeatureDataset":
+def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0,
+                     precision: str | None = None) -> "FeatureDataset":
     """Pre-logit features of the frozen backbone, computed once per split for the linear probe."""
     model.eval()
     feats, labels = [], []
     for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
-        with autocast(device):
+        with autocast(device, precision):
             f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)), pre_logits=True)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
@@ -193,15 +194,15 @@ def extract_features(model: nn.Module, ds: Dataset, batch_size: int, device: str
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0,
-             features: bool = False) -> tuple[float, float]:
+def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, workers: int = 0, features: bool = False,
+             precision: str | None = None) -> tuple[float, float]:
     """(top-1 accuracy in percent, images per second). ``features``: ds holds cached features."""
     model.eval()
     correct = total = 0
     start = time.perf_counter()
     for x, y in _loader(ds, batch_size * 4, False, 0, workers, device):
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model.head(x) if features else model(x)
         correct += (logits.argmax(-1) == y).sum().item()
         total += y.numel()
@@ -210,10 +211,10 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
 
 
 def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               device: str) -> torch.Tensor:
-    """One optimizer step; returns the detached loss without a host sync (the caller checks it
-    for NaN/inf every few steps, so the GPU never waits on the CPU)."""
-    with autocast(device):
+               device: str, precision: str | None = None) -> torch.Tensor:
+    """One optimizer step in ``precision``'s autocast; returns the detached loss without a host sync
+    (the caller checks it for NaN/inf every few steps, so the GPU never waits on the CPU)."""
+    with autocast(device, precision):
         loss = F.cross_entropy(step_fn(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -252,17 +253,17 @@ def _feature_cache(model: nn.Module, train_ds: Dataset, eval_ds: Dataset | None,
     """The linear probe's splits as backbone features (one backbone pass per split), and the
     seconds the train split's pass took: counted in the probe's training time (its throughput)."""
     start = time.perf_counter()
-    train_ds = extract_features(model, train_ds, cfg.batch_size, cfg.device, cfg.workers)
+    train_ds = extract_features(model, train_ds, cfg.batch_size, cfg.device, cfg.workers, cfg.precision)
     extract_seconds = time.perf_counter() - start
     if eval_ds is not None:
-        eval_ds = extract_features(model, eval_ds, cfg.batch_size, cfg.device, cfg.workers)
+        eval_ds = extract_features(model, eval_ds, cfg.batch_size, cfg.device, cfg.workers, cfg.precision)
     return train_ds, eval_ds, extract_seconds
 
 
 def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
     """What each optimizer step calls: the head alone on cached features, else the whole model
-    (compiled with ``cfg.compile``); applies the recipe's stochastic depth (or residual dropout) and
-    zeroed head first."""
+    (compiled with ``cfg.compile`` unless its method cannot be: ``bench.compiled``); applies the
+    recipe's stochastic depth (or residual dropout) and zeroed head first."""
     step_fn = model.head if features else model
     if cfg.drop_path_rate and cfg.residual_dropout:
         raise ValueError("drop_path_rate and residual_dropout both replace the blocks' drop_path1/drop_path2: set one")
@@ -274,7 +275,7 @@ def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
         with torch.no_grad():
             for p in model.get_classifier().parameters():
                 p.zero_()
-    return torch.compile(step_fn) if cfg.compile else step_fn
+    return compile_step(step_fn, model.peft_method) if compiles(model, cfg.compile) else step_fn
 
 
 def _resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator,
@@ -306,7 +307,7 @@ def _mean_loss(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> floa
 
 
 def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _LrSteps, bar,
-                 progress: Progress, epoch: int, device: str) -> dict:
+                 progress: Progress, epoch: int, device: str, precision: str | None = None) -> dict:
     """Train one epoch; counts it into ``progress`` and returns its metrics: the mean training loss
     (checked every ``CHECK_EVERY`` steps and at the end), the lr of its last step and the fraction
     of its time its steps waited for their batches."""
@@ -320,7 +321,7 @@ def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _
         data_wait += time.perf_counter() - ready  # time the step waited for its batch
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
         lr_used = optimizer.param_groups[0]["lr"]
-        loss_sum += train_step(step_fn, optimizer, x, y, device).float() * y.numel()
+        loss_sum += train_step(step_fn, optimizer, x, y, device, precision).float() * y.numel()
         seen += y.numel()
         progress.step += 1
         lr.after_step(progress.step)
@@ -379,10 +380,10 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                disable=None, dynamic_ncols=True)
     try:
         for epoch in range(progress.epoch + 1, cfg.epochs):
-            metrics = _train_epoch(model, step_fn, loader, optimizer, lr, bar, progress, epoch, device)
+            metrics = _train_epoch(model, step_fn, loader, optimizer, lr, bar, progress, epoch, device, cfg.precision)
             if eval_ds is not None and (eval_every_epoch or epoch == cfg.epochs - 1):
                 result.eval_acc, result.eval_img_per_s = evaluate(model, eval_ds, cfg.batch_size, device,
-                                                                  cfg.workers, features)
+                                                                  cfg.workers, features, cfg.precision)
                 metrics["eval_acc"] = result.eval_acc
                 bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{result.eval_acc:.1f}")
             progress.history.append(metrics)

@@ -88,6 +88,11 @@ class SequentialAdapter(nn.Module):
 @register
 class Adapter(Method):
     name = "adapter"
+    paper = "Chen et al., AdaptFormer, NeurIPS 2022 (parallel); Zhang et al., NOAH, 2022: its Adapter row (sequential)"
+    code = ("parallel: ShoufaChen/AdaptFormer models/adapter.py, models/custom_modules.py; "
+            "sequential: ZhangYuanhan-AI/NOAH model/module/adapter_super.py")
+    deviations = ("parallel: AdamW with timm's weight decay rule, not AdaptFormer's SGD with one weight decay "
+                  "(default 0) for every tensor; sequential: none")
     identity_at_init = True  # equals the backbone at init: parallel (default) adds a zero-initialised up
     defaults = {"mode": "parallel", "bottleneck": 8, "scale": 0.1}
     help = {

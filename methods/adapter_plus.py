@@ -81,6 +81,9 @@ class PostAdapterBlock(nn.Module):
 @register
 class AdapterPlusMethod(Method):
     name = "adapter_plus"
+    paper = "Steitz & Roth, Adapters Strike Back (Adapter+), CVPR 2024"
+    code = "visinf/adapter_plus@191c4ab adapter_plus/vit_adapter.py, conf/adapter/adapter_plus.yaml"
+    deviations = "each block is wrapped instead of subclassed (same math)"
     group = "vision"
     defaults = {"bottleneck": 8, "drop_path": 0.1}
     help = {

@@ -100,6 +100,18 @@ class Method:
     identity_at_init: bool = False  # with its defaults the adapted model equals the backbone at init (bench.testing checks it)
     trains_backbone: str = ""  # regex of the backbone tensors the method trains itself (full ".*", bitfit ".*bias.*")
     unsupported_why: str = ""  # said when asked to run on another family
+    # torch.compile: a method whose model cannot be compiled sets ``compiles = False`` and says why in
+    # one line (``compile_why``); its fits then run eagerly under --compile and their runs record it
+    # (``bench.train.compiles``, the ``compile`` tag). tests/test_gpu_path.py compiles every other one.
+    compiles: bool = True
+    compile_why: str = ""
+    # Where the method comes from, one line each, for the generated methods page
+    # (docs/reference/methods.md, `python -m bench.reference_docs`; a test requires paper and code
+    # of every built-in method). The module docstring keeps the details.
+    paper: str = ""  # the paper: authors, short name, venue and year ("Hu et al., LoRA, ICLR 2022")
+    code: str = ""  # the official code it follows: "owner/repo@commit path" (the commit where it is
+    #                 cited), "huggingface/peft <version> (<tuner class>)" for peft's tuners
+    deviations: str = ""  # where it differs from that code, and why ("" for nowhere)
 
     # -- hyperparameters -------------------------------------------------------------------
     def resolve(self, **hparams: Any) -> dict[str, Any]:

@@ -35,6 +35,9 @@ def is_bias(name: str) -> bool:
 @register
 class BitFit(Method):
     name = "bitfit"
+    paper = "Ben Zaken et al., BitFit, ACL 2022"
+    code = "KMnP/vpt src/models/vit_models.py (transfer type tinytl-bias), src/solver/optimizer.py"
+    deviations = "AdamW (decoupled weight decay, as for every method here), not VPT's SGD with L2"
     identity_at_init = True  # equals the backbone at init: it trains the backbone's own biases
     trains_backbone = r".*bias.*"  # the backbone tensors it trains (bench.testing): ``is_bias``
     group = "baselines"

@@ -111,6 +111,10 @@ class Bypassed(nn.Module):
 @register
 class Convpass(Method):
     name = "convpass"
+    paper = "Jie & Deng, Convpass, arXiv 2207.07039"
+    code = "JieShibo/PETL-ViT convpass/vtab/convpass.py, convpass/vtab/train.py"
+    deviations = ("the bypass sits inside the block's LayerScale and drop path (no difference on ViT-B); grid side "
+                  "read from the token count (official: 14); head bias not decayed")
     identity_at_init = True  # equals the backbone at init: the up projection starts at zero
     group = "baselines"
     defaults = {"mode": "block", "dim": 8, "scale": 1.0, "conv_init": "identity"}

@@ -112,6 +112,10 @@ class CSNBlocks(nn.Sequential):
 @register
 class DTL(Method):
     name = "dtl"
+    paper = "Fu, Zhu & Wu, DTL, AAAI 2024"
+    code = "heekhero/DTL@bf6c51e models/vision_transformer.py, train_scripts/vit/vtab/*/train_dtl.sh"
+    deviations = ("the side network runs in the blocks container, so timm's checkpoint_seq and forward_intermediates "
+                  "would skip it (the bench uses neither); grid side read from the token count (official: 14)")
     group = "vision"
     defaults = {"rank": 2, "beta": 100.0, "fusion_size": 0, "pool": "avg"}
     help = {

@@ -176,6 +176,9 @@ class _FacT(Method):
                 "scale": trial.suggest_categorical("scale", SCALES)}
 
     decays_all = True  # the official AdamW decays every FacT tensor
+    deviations = ("each Linear is wrapped instead of the block forwards replaced (same math); one dropout mask on "
+                  "the concatenated q, k, v; the backbone keeps its own drop path (official: 0.1); head bias not "
+                  "decayed")
 
     def _adapt(self, model: nn.Module, rank: int, scale: float) -> None:
         layout = layout_of(model)
@@ -209,6 +212,8 @@ class _FacT(Method):
 @register
 class FacTTT(_FacT):
     name = "fact_tt"
+    paper = "Jie & Deng, FacT (FacT-TT), AAAI 2023"
+    code = "JieShibo/PETL-ViT FacT/fact_tt.py"
     identity_at_init = True  # equals the backbone at init: V starts at zero
     group = "baselines"
     defaults = {"rank": 8, "scale": 1.0}
@@ -222,6 +227,8 @@ class FacTTT(_FacT):
 @register
 class FacTTK(_FacT):
     name = "fact_tk"
+    paper = "Jie & Deng, FacT (FacT-TK), AAAI 2023"
+    code = "JieShibo/PETL-ViT FacT/fact_tk.py"
     identity_at_init = True  # equals the backbone at init: V starts at zero
     group = "baselines"
     defaults = {"rank": 32, "scale": 1.0}

@@ -16,6 +16,10 @@ from .base import Method, register
 @register
 class Full(Method):
     name = "full"
+    paper = "baseline, no paper of its own (the Full row of Jia et al., VPT, ECCV 2022)"
+    code = "dongzelian/SSF train.py (the optimizer of its full fine-tuning runs)"
+    deviations = ("none from SSF's; VPT's optimizer, whose Full row the papers print, decays every tensor but the "
+                  "head's bias")
     identity_at_init = True  # equals the backbone at init: it trains the backbone's own tensors
     trains_backbone = r".*"  # the backbone tensors it trains (bench.testing): all
     defaults = {}

@@ -155,6 +155,10 @@ def random_resized_crops(x: torch.Tensor, generator: torch.Generator) -> torch.T
 @register
 class GPS(Method):
     name = "gps"
+    paper = "Zhang et al., GPS (Gradient-based Parameter Selection), CVPR 2024"
+    code = "FightingFighting/GPS@72e0c31 train_gps.py, utils/pruning.py"
+    deviations = ("selection pass: geometric augmentation only (colour jitter and grayscale need the unnormalised "
+                  "image), on the loader's tensors, in fp32 (official: AMP), keeping the last partial batch")
     group = "vision"
     defaults = {"k": 1}
     help = {"k": "entries selected per row of each weight matrix (official times_para: 1, 2 on patch_camelyon)"}

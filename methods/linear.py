@@ -12,6 +12,9 @@ from .base import Method, register
 @register
 class Linear(Method):
     name = "linear"
+    paper = "baseline, no paper of its own (the Linear row of Jia et al., VPT, ECCV 2022)"
+    code = "KMnP/vpt src/models/vit_models.py (transfer type linear), src/solver/optimizer.py"
+    deviations = "AdamW (decoupled weight decay, as for every method here), not VPT's SGD with L2"
     identity_at_init = True  # equals the backbone at init: only the head is new
     defaults = {}
     help = {}

@@ -66,6 +66,8 @@ class LoRALinear(Mergeable):
 @register
 class LoRA(Method):
     name = "lora"
+    paper = "Hu et al., LoRA, ICLR 2022"
+    code = "microsoft/LoRA loralib/layers.py (MergedLinear, enable_lora=[True, False, True] on the fused qkv)"
     identity_at_init = True  # equals the backbone at init: B starts at zero
     defaults = {"rank": 8, "alpha": 8}
     help = {

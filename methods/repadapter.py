@@ -107,6 +107,10 @@ class RepAdapterLinear(Mergeable):
 @register
 class RepAdapterMethod(Method):
     name = "repadapter"
+    paper = "Luo et al., RepAdapter, arXiv 2302.08106"
+    code = "luogen1996/RepAdapter repadapter.py, train.py"
+    deviations = ("the backbone keeps its own drop path (official: 0.1); head bias not decayed; on Swin in front of "
+                  "the windowed attention's qkv, where the official re-parameterisation folds it")
     identity_at_init = True  # equals the backbone at init: the up projection starts at zero
     group = "baselines"
     defaults = {"mode": "block", "dim": 8, "groups": 2, "scale": 1.0}

@@ -34,9 +34,15 @@ class _RescaledLinear(torch.autograd.Function):
     reduced per row and per column: what full fine-tuning computes for its weight gradient,
     without its optimizer state."""
 
+    # Autocast, on every device type it runs on (CUDA, CPU, ...): what ``torch.amp.custom_fwd`` and
+    # ``custom_bwd`` do for the one device type they name. The forward runs in the caller's autocast
+    # state (under bf16 autocast F.linear computes in bf16) and records it for the input's device
+    # type; the backward runs in that same state, on whichever device (tests/test_gpu_path.py).
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, w, b, s_in, s_out, t, groups: int):
+        device_type = x.device.type
+        ctx.autocast = ((device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+                        if torch.amp.is_autocast_available(device_type) else None)
         rescale = (s_out.view(groups, -1, 1) * s_in.view(groups, 1, -1)).view_as(w)
         w_new = torch.addcmul(w, w, rescale)
         del rescale
@@ -45,8 +51,15 @@ class _RescaledLinear(torch.autograd.Function):
         return F.linear(x, w_new, t if b is None else b + t)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
+        if ctx.autocast is None:  # a device type without autocast (meta)
+            return _RescaledLinear._backward(ctx, g)
+        device_type, enabled, dtype = ctx.autocast
+        with torch.autocast(device_type, enabled=enabled, dtype=dtype):
+            return _RescaledLinear._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, w, w_new, s_in, s_out = ctx.saved_tensors
         groups = ctx.groups
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
@@ -107,6 +120,10 @@ class RLRRLinear(Mergeable):
 @register
 class RLRR(Method):
     name = "rlrr"
+    paper = "Dong et al., RLRR, CVPR 2024"
+    code = "zstarN70/RLRR models/networks.py (ViT), models/swin.py (Swin)"
+    deviations = ("Swin: the patch mergings' bias-free reduction is not rescaled (the bias shift it would gain "
+                  "could not merge into timm's state_dict keys)")
     defaults = {}
     help = {}
     mergeable = True

@@ -68,6 +68,8 @@ def outside_blocks(layout: Layout) -> list[str]:
 @register
 class SSFMethod(Method):
     name = "ssf"
+    paper = "Lian et al., SSF, NeurIPS 2022"
+    code = "dongzelian/SSF models/vision_transformer.py, train.py"
     defaults = {}
     help = {}
     mergeable = True

@@ -56,6 +56,9 @@ class PromptedBlock(nn.Module):
 @register
 class VPT(Method):
     name = "vpt"
+    paper = "Jia et al., VPT, ECCV 2022"
+    code = "KMnP/vpt src/models/vit_prompt/vit.py, src/solver/optimizer.py"
+    deviations = "AdamW (decoupled weight decay, as for every method here), not VPT's SGD with L2"
     defaults = {"mode": "deep", "num_prompts": 10, "prompt_dropout": 0.1}
     help = {
         "mode": "deep (new prompts before every block) or shallow (prompts at the input only)",

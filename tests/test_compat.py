@@ -56,6 +56,27 @@ def test_heartbeats_are_recorded_where_the_storage_has_them(storage, tmp_path):
     assert optuna_storage.heartbeat_interval(journal) is None
 
 
+def test_stale_trial_numbers_are_the_running_trials_whose_heartbeat_is_old(storage, tmp_path):
+    """``RDBStorage._get_stale_trial_ids`` (`bench status`'s workers alive): an old heartbeat is stale,
+    a fresh one or none (just claimed) is not, a finished trial never; a journal keeps no heartbeats."""
+    import sqlite3
+
+    assert list(inspect.signature(optuna.storages.RDBStorage._get_stale_trial_ids).parameters) == ["self", "study_id"]
+    study = optuna.create_study(storage=storage, study_name="s")
+    old, fresh, none, done = (study.ask() for _ in range(4))
+    for trial in (old, fresh, done):
+        optuna_storage.record_heartbeat(storage, optuna_storage.trial_id(storage, study, trial.number))
+    study.tell(done, 1.0)
+    con = sqlite3.connect(tmp_path / "o.db")
+    con.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id IN (?, ?)",
+                (optuna_storage.trial_id(storage, study, old.number), optuna_storage.trial_id(storage, study, done.number)))
+    con.commit()
+    con.close()
+    assert optuna_storage.stale_trial_numbers(storage, study) == {old.number}
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
+    assert optuna_storage.stale_trial_numbers(journal, optuna.create_study(storage=journal)) is None
+
+
 def test_serialize_sqlite_takes_the_write_lock_at_begin(storage):
     optuna_storage.serialize_sqlite(storage)
     seen = []

@@ -1,14 +1,19 @@
-"""The Hugging Face peft bridge (methods/peft_tuners.py) and our LoRA's forward.
+"""The Hugging Face peft bridge (methods/peft_tuners.py, methods/peft_compat.py) and our LoRA's forward.
 
 Registry-wide properties (counts, what trains, weight decay, merge on the demo architecture) are
 in test_methods.py through specs_peft.py; every family is in test_families.py. Here: what is
-particular to the bridge: seeded reproducibility (VeRA's shared projections and FourierFT's
-locations included), that a further peft tuner is a few lines, merge back to the plain timm
-model, a clear line when peft is missing or of another version, no network, lazy import.
+particular to the bridge: every peft type is registered or refused with a reason; the peft API and
+internals we rely on (peft_compat) still behave as we use them; meta counts equal real ones;
+identity at init as each row states it; seeded reproducibility (VeRA's shared projections and
+FourierFT's locations included); the tuners with a mechanism of their own (OSF's gradient
+projection, Lily's shared B's, PVeRA's sampling, BOFT without its JIT kernel); that a further peft
+tuner is one table row; merge back to the plain timm model; a clear line when peft is missing or of
+another version, no network, lazy import.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import socket
 import subprocess
 import sys
@@ -19,14 +24,27 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 import methods
-from bench.backbones import DEMO_CONFIG
-from methods import peft_tuners
+import specs_peft
+from bench.backbones import create_meta
+from methods import peft_compat, peft_tuners
 from methods.base import _REGISTRY, register
-from methods.families import ATTN_PROJ, FC1, QKV
+from methods.families import ATTN_PROJ, FC1, layout_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TUNERS = ["dora", "vera", "ia3", "loha", "lokr", "fourierft"]
+TUNERS = [row.name for row in peft_tuners.TUNERS]
+ROWS = {row.name: row for row in peft_tuners.TUNERS}
+MERGEABLE = [name for name in TUNERS if ROWS[name].mergeable]
+# tuners whose every tensor (trainable or not, state_dict or peft's plain dicts) is a constant or a
+# function of the backbone's weights: the seed changes nothing (their init is in specs_peft.NO_RANDOM_INIT
+# too); every other tuner draws something from the seed
+DETERMINISTIC = {"ia3", "oft", "boft", "psoft", "road", "miss", "beft", "pissa", "olora", "osf", "ln_tuning",
+                 "supertuning"}
+
+
+@pytest.fixture(scope="module")
+def peft():
+    return peft_compat.import_peft("the tests")
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +70,180 @@ def perturb(model, std=0.1):
 
 
 def state(model):
-    """Every tensor of the model (buffers too) and FourierFT's locations (a plain dict in peft)."""
+    """Every tensor of the model (buffers too, persistent or not) and the tensors peft keeps in plain
+    dicts on its layers (FourierFT's, WaveFT's and SHiRA's locations)."""
     out = {k: v.clone() for k, v in model.state_dict().items()}
-    for name, m in model.named_modules():
-        for k, v in getattr(m, "indices", {}).items() if name.endswith("qkv") else ():
-            out[f"{name}.indices.{k}"] = v.clone()
+    out.update({f"{k}#buffer": v.clone() for k, v in model.named_buffers()})
+    for name, m in peft_compat.tuner_layers(model):
+        for attr, value in vars(m).items():
+            if isinstance(value, dict) and not attr.startswith("_"):
+                out.update({f"{name}.{attr}.{k}": v.clone() for k, v in value.items() if isinstance(v, torch.Tensor)})
     return out
 
 
-# -- seeds ----------------------------------------------------------------------------------
+# -- every peft type: registered or refused, and why -----------------------------------------
+
+def test_every_peft_type_is_registered_or_refused_with_a_reason(peft):
+    """A peft release with a tuner type the tables do not name fails here until a row says what to do."""
+    catalog = peft_tuners.catalog(peft)
+    types = peft_compat.peft_types(peft)
+    assert list(catalog) == types and len(types) >= 40
+    missing = [t for t, what in catalog.items() if not what.startswith(("registered as ", "refused: "))]
+    assert not missing, f"peft types in neither table of methods/peft_tuners.py: {missing}"
+    stale = sorted(({row.peft_type for row in peft_tuners.TUNERS} | set(peft_tuners.REFUSED)) - set(types))
+    assert not stale, f"table rows for types this peft does not have: {stale}"
+    assert not set(peft_tuners.REFUSED) & {row.peft_type for row in peft_tuners.TUNERS}
+    for why in peft_tuners.REFUSED.values():
+        assert why.strip() and "\n" not in why
+    # the brief's list: each of these is a registered method (GLoRA exists in peft 0.21)
+    for name in ("glora", "oft", "boft", "hra", "vblora", "randlora", "c3a", "delora", "road", "shira", "waveft",
+                 "ln_tuning", "pissa", "olora", "rslora"):
+        assert name in methods.names() and methods.get(name).group == "peft"
+    assert catalog["ADALORA"].startswith("refused: AdaLoRA's rank allocation needs update_and_allocate")
+
+
+@pytest.mark.parametrize("peft_type", sorted(peft_tuners.REFUSED))
+def test_a_refused_type_is_one_line_naming_why(peft_type):
+    with pytest.raises(methods.Unsupported) as err:
+        peft_tuners.methods_for(peft_type)
+    message = str(err.value)
+    assert "\n" not in message and message == f"peft {peft_type} is not a method here: {peft_tuners.REFUSED[peft_type]}"
+
+
+def test_methods_for_a_registered_and_an_unknown_type():
+    assert peft_tuners.methods_for("LORA") == ["dora", "pissa", "olora", "rslora"]
+    assert peft_tuners.methods_for("OFT") == ["oft"]
+    with pytest.raises(ValueError, match="in neither table"):
+        peft_tuners.methods_for("NOT_A_TYPE")
+
+
+@pytest.mark.parametrize("name", TUNERS)
+def test_each_row_names_peft_s_own_type_config_and_hyperparameters(peft, name):
+    row = ROWS[name]
+    cls = peft_compat.config_class(peft, row.config)
+    assert cls().peft_type.name == row.peft_type
+    fields = set(inspect.signature(cls).parameters)
+    passed = {spec.peft or key for key, spec in row.hparams.items() if spec.peft is not None} | set(row.fixed) | set(row.seeds)
+    assert passed <= fields, passed - fields
+    method = methods.get(name)
+    assert row.paper and row.what and row.source and method.group == "peft"
+    assert type(method).__doc__.startswith(row.what) and method.paper == row.paper
+    assert method.code == f"huggingface/peft 0.21 ({peft_compat.tuner_class(peft, cls()).__name__})"
+
+
+# -- what we rely on in peft (peft_compat): it fails here, loudly, when peft changes it --------
+
+def test_the_public_peft_api_we_use(peft):
+    assert [p for p in inspect.signature(peft.inject_adapter_in_model).parameters][:3] == [
+        "peft_config", "model", "adapter_name"]
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert "safe_merge" in inspect.signature(BaseTunerLayer.merge).parameters
+    assert callable(BaseTunerLayer.get_base_layer)
+    for row in peft_tuners.TUNERS:
+        config = peft_compat.config_class(peft, row.config)()
+        assert issubclass(peft_compat.tuner_class(peft, config), peft.tuners.tuners_utils.BaseTuner)
+        assert isinstance(peft_compat.tuner_class(peft, config).uses_shared_state, bool)
+
+
+def test_shared_state_tuners_need_the_tuner_class(peft, vit):
+    """``inject_adapter_in_model`` refuses tuners with shared state (hence peft_compat's fallback); the
+    others go through it."""
+    shared = sorted(row.name for row in peft_tuners.TUNERS
+                    if peft_compat.tuner_class(peft, peft_compat.config_class(peft, row.config)()).uses_shared_state)
+    assert shared == ["pvera", "tinylora", "unilora", "vblora", "vera"]
+    config = peft.VeraConfig(target_modules=["blocks.0.attn.qkv"])
+    with pytest.raises(ValueError, match="shared state"):
+        peft.inject_adapter_in_model(config, copy.deepcopy(vit))
+    model = copy.deepcopy(vit)
+    assert peft_compat.inject(peft, model, config) == ["blocks.0.attn.qkv"]
+    assert hasattr(model, "peft_config")  # what forget_config removes
+    peft_compat.forget_config(model)
+    assert not hasattr(model, "peft_config")
+
+
+def test_peft_full_matches_a_string_target_but_suffix_matches_a_list(peft, vit):
+    """Why the bridge passes one regex: a list entry also matches name suffixes (``norm`` would take
+    every block's ``attn.norm``, an Identity)."""
+    as_list = copy.deepcopy(vit)
+    with pytest.raises(Exception):  # peft tries to wrap blocks.*.attn.norm, which has no parameters
+        peft_compat.inject(peft, as_list, peft.LNTuningConfig(target_modules=["norm"]))
+    as_regex = copy.deepcopy(vit)
+    assert peft_compat.inject(peft, as_regex, peft.LNTuningConfig(target_modules="norm")) == ["norm"]
+
+
+def test_boft_never_compiles_its_kernel_and_keeps_butterfly_factor_one(vit, x):
+    """peft JIT-compiles BOFT's CUDA kernel on first use and, without it, silently sets the butterfly
+    factor to 1: peft_compat tells peft the kernel is absent (no compiler runs) and our BOFT uses 1."""
+    import peft.tuners.boft.layer as boft_layer
+
+    assert callable(boft_layer.get_fbd_cuda) and hasattr(boft_layer, "_FBD_CUDA")
+    model = applied("boft", vit, 0)
+    assert boft_layer._FBD_CUDA is False and boft_layer.get_fbd_cuda() is False
+    layers = [m for _, m in peft_compat.tuner_layers(model)]
+    assert layers and all(not m.fbd_cuda_available for m in layers)
+    assert all(m.boft_R["default"].shape[0] == 1 for m in layers)  # one butterfly factor
+    assert ROWS["boft"].fixed["boft_n_butterfly_factor"] == 1
+
+
+def test_merge_and_unload_uses_peft_s_layer_merge(vit, x, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = applied("dora", vit, 0).eval()
+    perturb(model)
+    cls = type(model.blocks[0].attn.qkv)
+    real, calls = cls.merge, []
+    monkeypatch.setattr(cls, "merge", lambda self, *a, **k: (calls.append(k), real(self, *a, **k))[1])
+    with torch.no_grad():
+        peft_compat.merge_and_unload(model)
+    assert calls == [{"safe_merge": True}] * len(model.blocks)
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules()) and not hasattr(model, "peft_config")
+
+
+# -- meta counts, identity at init, seeds --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def meta_vit_b():
+    return create_meta("vit_base_patch16_224")
+
+
+@pytest.mark.parametrize("name", TUNERS)
+def test_count_on_the_meta_device_is_the_real_count(meta_vit_b, name):
+    """`bench methods` counts on the meta device; tuners that read weight values there take their
+    ``meta`` settings (PiSSA/OLoRA: plain init, SHiRA: no locations): the count is the real one
+    (specs_peft.VIT_B_COUNTS, measured on a real random ViT-B/16)."""
+    expected = {n: c for n, hp, c in specs_peft.VIT_B_COUNTS if not hp}[name]
+    assert methods.count_trainable(methods.get(name).apply(meta_vit_b, num_classes=100)) == expected
+
+
+@pytest.mark.parametrize("name", TUNERS)
+def test_identity_at_init_is_as_the_row_states(vit, x, name):
+    model = applied(name, vit, 0).eval()
+    ref = copy.deepcopy(vit)
+    ref.reset_classifier(10)
+    ref.head.load_state_dict(model.head.state_dict())
+    with torch.no_grad():
+        diff = (model(x) - ref.eval()(x)).abs().max().item()
+    assert methods.get(name).identity_at_init == ROWS[name].identity
+    if ROWS[name].identity:
+        assert diff <= 1e-5, diff
+    else:  # VB-LoRA, C3A, Uni-LoRA, FourierFT: a random non-zero update at init
+        assert diff > 1e-5, diff
+
 
 @pytest.mark.parametrize("name", TUNERS)
 def test_the_same_seed_gives_the_same_tensors(vit, name):
     a, b, c = state(applied(name, vit, 7)), state(applied(name, vit, 7)), state(applied(name, vit, 8))
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    adapter = [k for k in a if not k.startswith("head.") and k not in vit.state_dict()
-               and ".base_layer." not in k]
+    adapter = [k for k in a if not k.startswith("head.") and k not in vit.state_dict() and ".base_layer." not in k]
     assert adapter, "no adapter tensors"
     random = [k for k in adapter if not torch.equal(a[k], c[k])]
-    if name == "ia3":  # ones, whatever the seed
-        assert not random
-    else:  # VeRA: its projections; FourierFT: its coefficients and locations; the rest: factors
+    if name in DETERMINISTIC:
+        assert not random, random
+    else:  # projections, bases, locations, factors: drawn from the seed
         assert random, f"{name}: nothing depends on the seed"
-    if name == "fourierft":
-        assert any(".indices." in k for k in random)
+    if name in ("fourierft", "waveft", "shira"):  # their locations (peft keeps them in plain dicts)
+        assert any("indices" in k for k in random)
 
 
 def test_vera_projections_are_shared_seeded_saved_and_merged(vit, x):
@@ -100,9 +268,66 @@ def test_vera_projections_are_shared_seeded_saved_and_merged(vit, x):
     assert "vera_A" not in str(list(merged.state_dict()))
 
 
+# -- tuners with a mechanism of their own ----------------------------------------------------
+
+def test_osf_projects_the_gradients_off_the_frozen_subspace(vit, x):
+    """OSF's gradient hooks survive apply: U_low's and V_low's gradients are orthogonal to the
+    frozen top singular directions (the fused qkv is 288 x 96: U is not square, so peft keeps
+    U_high and projects with it; V is square)."""
+    model = applied("osf", vit, 0).train()
+    F.cross_entropy(model(x), torch.arange(len(x))).backward()
+    layer = model.blocks[0].attn.qkv
+    params = layer.osf_svd_params["default"]
+    u_high = layer._osf_U_high["default"]  # 288 x 48
+    v_init = layer._osf_V_low_init["default"]  # 48 x 96
+    assert params["U_low"].grad.abs().sum() > 0 and params["V_low"].grad.abs().sum() > 0
+    torch.testing.assert_close(u_high.T @ params["U_low"].grad, torch.zeros(48, 48), atol=1e-6, rtol=0)
+    g = params["V_low"].grad  # in the span of V_low's initial rows, so orthogonal to V_high's
+    torch.testing.assert_close(g @ v_init.T @ v_init, g, atol=1e-6, rtol=0)
+
+
+def test_lily_shares_its_b_s_across_all_blocks_and_a_within_a_stride(vit):
+    """Lily shares the B's among the layers one target entry matched: the bridge's one regex makes
+    that every block (with a list of exact paths each layer would keep its own)."""
+    model = applied("lily", vit, 0)
+    layers = [b.attn.qkv for b in model.blocks]
+    assert len({id(m.lily_B["default"]) for m in layers}) == 1
+    assert len({id(m.lily_A["default"]) for m in layers}) == 4
+    strided = applied("lily", vit, 0, stride_A=2)
+    assert [id(b.attn.qkv.lily_A["default"]) for b in strided.blocks][::2] == \
+        [id(b.attn.qkv.lily_A["default"]) for b in strided.blocks][1::2]
+    with pytest.raises(methods.NotMergeable):
+        methods.get("lily").merge(model)
+
+
+def test_pvera_samples_in_training_and_merges_its_mean(vit, x):
+    model = applied("pvera", vit, 0)
+    perturb(model)
+    with torch.no_grad():
+        model.train()
+        assert not torch.equal(model(x), model(x))  # a sample per forward
+        model.eval()
+        mean = model(x)
+        assert torch.equal(model(x), mean)
+        merged = methods.get("pvera").merge(model).eval()
+        assert (merged(x) - mean).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name, key, peft_key, expected", [
+    ("road", None, "group_size", 32),          # 64 does not divide the demo's 288 outputs
+    ("vblora", None, "vector_length", 32),     # 256 does not divide 96 or 288
+    ("c3a", "block_size", "block_size", 32),   # 256 does not divide 96
+])
+def test_sizes_peft_needs_to_divide_the_layers_follow_the_backbone(vit, peft, name, key, peft_key, expected):
+    method = methods.get(name)
+    layout = layout_of(vit)
+    config = method.peft_config(peft, method.targets_of(layout), layout, vit, **method.defaults)
+    assert getattr(config, peft_key) == expected
+
+
 # -- merge ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", TUNERS)
+@pytest.mark.parametrize("name", MERGEABLE)
 def test_merge_is_peft_merge_into_the_plain_model(vit, x, name):
     model = applied(name, vit, 0).eval()
     perturb(model)
@@ -118,12 +343,11 @@ def test_merge_is_peft_merge_into_the_plain_model(vit, x, name):
     assert diff <= 1e-4, diff
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before), "merge changed its input"
-    # only the adapted Linears changed, by peft's own delta
+    # only the adapted modules changed, by peft's own delta
     changed = {k for k, v in merged.state_dict().items() if not k.startswith("head.")
                and not torch.equal(v, plain.state_dict()[k])}
-    targets = methods.get(name).targets
-    assert changed and all(any(k.endswith(f"{t}.weight") or k.endswith(f"{t}.bias") for t in targets)
-                           for k in changed), changed
+    paths = methods.get(name).targets_of(layout_of(vit)).all
+    assert changed and changed <= {f"{p}.{t}" for p in paths for t in ("weight", "bias")}, changed
 
 
 def test_ia3_scales_qkv_outputs_and_fc2_inputs(vit):
@@ -139,14 +363,14 @@ def test_ia3_scales_qkv_outputs_and_fc2_inputs(vit):
         torch.testing.assert_close(block.mlp.fc2(u), plain.mlp.fc2(u * lf))
 
 
-@pytest.mark.parametrize("name", ["ia3", "vera", "fourierft"])
+@pytest.mark.parametrize("name", ["ia3", "vera", "fourierft", "beft"])
 def test_the_stated_deviation_the_fused_qkv_changes_q_k_and_v(vit, name):
     """The deviation methods/peft_tuners.py states: on timm's fused qkv these tuners change the rows
-    of q, k and v alike, where the papers adapt q and v (IA3: k and v); one vector or spectrum covers
-    all 3 x width rows (on ViT-B/16: 64,512 / 30,720 / 12,000 trainable against the papers' 55,296 /
-    24,576 / 24,000)."""
+    of q, k and v alike, where the papers adapt q and v (IA3: k and v; BEFT: v); one vector or
+    spectrum covers all 3 x width rows (on ViT-B/16: 64,512 / 30,720 / 12,000 / 27,648 trainable
+    against the papers' 55,296 / 24,576 / 24,000 / 9,216)."""
     model = applied(name, vit, 0)
-    perturb(model)  # VeRA's b starts at zero, IA3's scales at one: move them
+    perturb(model)  # VeRA's b and BEFT's bias start at zero, IA3's scales at one: move them
     layer, plain = model.blocks[0].attn.qkv, vit.blocks[0].attn.qkv
     trainable = {n: p for n, p in layer.named_parameters() if p.requires_grad}
     width = 96
@@ -154,6 +378,7 @@ def test_the_stated_deviation_the_fused_qkv_changes_q_k_and_v(vit, name):
         "ia3": {"ia3_l.default": 3 * width},
         "vera": {"vera_lambda_b.default": 3 * width, "vera_lambda_d.default": 256},
         "fourierft": {"fourierft_spectrum.default": 1000},
+        "beft": {"beft_bias.default": 3 * width},
     }[name]
     if name == "fourierft":  # the 1000 locations fall in the rows of all three projections
         rows = layer.indices["default"][0]
@@ -164,25 +389,23 @@ def test_the_stated_deviation_the_fused_qkv_changes_q_k_and_v(vit, name):
     assert bool((change > 1e-4).all()), change
 
 
-# -- the bridge: a further peft tuner is a few lines ----------------------------------------
+# -- the bridge: a further peft tuner is one table row ---------------------------------------
 
-class _ProjFc1LoRA(peft_tuners.PeftTuner):
-    """Throwaway: peft LoRA on attn.proj and mlp.fc1, registered only inside a test."""
-
-    name = "_test_peft_lora_proj_fc1"
-    defaults = {"rank": 4}
-    help = {"rank": "rank"}
-    targets = (ATTN_PROJ, FC1)
-
-    def peft_config(self, peft, targets, layout, rank):
-        return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets.all)
-
-
-def test_a_further_peft_config_is_a_working_method(vit, x):
-    register(_ProjFc1LoRA)
+def test_a_further_peft_tuner_is_one_row(vit, x):
+    """Throwaway: peft LoRA on attn.proj and mlp.fc1, a row registered only inside this test."""
+    row = peft_tuners.Tuner(
+        "_test_peft_lora_proj_fc1", "LORA", "LoraConfig", "Hu et al., LoRA, ICLR 2022", "peft LoRA on attn.proj and mlp.fc1",
+        "a test",
+        {"rank": peft_tuners.Hp(4, "rank", width=True, space=(2, 4), peft="r"),
+         "alpha": peft_tuners.Hp(4, "alpha", kind="float", lo=0, lo_open=True, peft="lora_alpha")},
+        derived={"alpha": lambda hp: hp["rank"]}, targets=(ATTN_PROJ, FC1))
+    register(peft_tuners.make(row))
     try:
-        method = methods.get(_ProjFc1LoRA.name)
-        model = applied(_ProjFc1LoRA.name, vit, 0)
+        method = methods.get(row.name)
+        assert method.search_space(__import__("optuna").trial.FixedTrial({"rank": 2})) == {"rank": 2, "alpha": 2}
+        with pytest.raises(ValueError, match="rank must be an integer in \\[1, 96\\]"):
+            method.apply(vit, num_classes=10, rank=97)
+        model = applied(row.name, vit, 0)
         wrapped = sorted(n for n, m in model.named_modules() if peft_tuners.is_tuner_layer(m))
         assert wrapped == sorted(f"blocks.{i}.{t}" for i in range(4) for t in (ATTN_PROJ, FC1))
         assert methods.count_trainable(model) == 4 * (4 * (96 + 96) + 4 * (96 + 384))
@@ -198,19 +421,22 @@ def test_a_further_peft_config_is_a_working_method(vit, x):
             assert (merged(x) - model(x)).abs().max().item() <= 1e-5
         assert type(merged) is VisionTransformer and not any(peft_tuners.is_tuner_layer(m) for m in merged.modules())
     finally:
-        _REGISTRY.pop(_ProjFc1LoRA.name, None)
-    assert _ProjFc1LoRA.name not in methods.names()
+        _REGISTRY.pop(row.name, None)
+    assert row.name not in methods.names()
 
 
 def test_peft_is_given_exact_paths_not_suffixes(vit):
-    """A module whose path ends like a target (``...head.attn.qkv``) is not adapted."""
+    """A module whose path ends like a target (``...extra.attn.qkv``, ``...attn.norm``) is not adapted."""
     model = copy.deepcopy(vit)
     model.extra = torch.nn.Module()
     model.extra.attn = torch.nn.Module()
     model.extra.attn.qkv = torch.nn.Linear(96, 288)
+    model.extra.norm = torch.nn.LayerNorm(96)
     adapted = applied("dora", model, 0)
     assert type(adapted.extra.attn.qkv) is torch.nn.Linear
     assert peft_tuners.is_tuner_layer(adapted.blocks[0].attn.qkv)
+    ln = applied("ln_tuning", model, 0)
+    assert type(ln.extra.norm) is torch.nn.LayerNorm and peft_tuners.is_tuner_layer(ln.norm)
 
 
 def test_peft_lora_reference_matches_our_lora_in_size(vit):
@@ -235,11 +461,12 @@ def test_peft_missing_or_another_version_is_one_line(vit, monkeypatch, found, ne
         return found
 
     monkeypatch.setattr(md, "version", version)
-    with pytest.raises(ImportError) as err:
-        methods.get("dora").apply(vit, num_classes=10)
-    message = str(err.value)
-    assert isinstance(err.value, peft_tuners.PeftUnavailable)
-    assert "\n" not in message and needle in message and "peft>=0.21,<0.22" in message
+    for name in ("dora", "oft"):
+        with pytest.raises(ImportError) as err:
+            methods.get(name).apply(vit, num_classes=10)
+        message = str(err.value)
+        assert isinstance(err.value, peft_tuners.PeftUnavailable)
+        assert "\n" not in message and needle in message and "peft>=0.21,<0.22" in message
 
 
 def test_apply_and_merge_open_no_network_connection(vit, monkeypatch):
@@ -253,7 +480,9 @@ def test_apply_and_merge_open_no_network_connection(vit, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(AssertionError(a)))
     for name in TUNERS:
-        methods.get(name).merge(applied(name, vit, 0))
+        model = applied(name, vit, 0)
+        if ROWS[name].mergeable:
+            methods.get(name).merge(model)
 
 
 def test_import_methods_does_not_import_peft():

@@ -50,7 +50,9 @@ def test_local_workers_get_the_request_not_the_command_line(tmp_path, monkeypatc
         def __init__(self, cmd, env):
             started.append((cmd, env))
 
-        def wait(self):
+        returncode = 0
+
+        def poll(self):
             return 0
 
     monkeypatch.setattr(workers, "subprocess", SimpleNamespace(Popen=FakeProcess))  # only the workers' own

@@ -420,12 +420,14 @@ def test_a_run_on_another_backbone_records_it_tunes_apart_and_normalises_as_it(t
 
 
 def test_method_sets_partition_the_registry():
-    core, baselines, peft = (spec_mod.parse_methods(g) for g in ("core", "baselines", "peft"))
+    core, baselines, peft, vision = (spec_mod.parse_methods(g) for g in ("core", "baselines", "peft", "vision"))
     assert core == ["adapter", "full", "linear", "lora", "rlrr", "ssf", "vpt"]  # the design's seven
     assert baselines == ["bitfit", "convpass", "fact_tk", "fact_tt", "repadapter"]
-    assert peft == ["dora", "fourierft", "ia3", "loha", "lokr", "vera"]
-    assert sorted(core + baselines + peft) == spec_mod.parse_methods("all") == methods.names()
+    assert vision == ["adapter_plus", "dtl", "gps"]
+    assert peft == sorted(name for name in methods.names() if methods.get(name).__module__ == "methods.peft_tuners")
+    assert len(peft) == 34 and {"dora", "fourierft", "ia3", "loha", "lokr", "vera", "glora", "pissa"} <= set(peft)
+    assert sorted(core + baselines + peft + vision) == spec_mod.parse_methods("all") == methods.names()
     assert spec_mod.parse_methods("core,dora,lora") == [*core, "dora"]  # sets and names mix, once each
     assert "vpt" not in spec_mod.parse_methods("core", "swin")
-    with pytest.raises(UserError, match="unknown method 'nope'.*; or a set: all, core, baselines, peft"):
+    with pytest.raises(UserError, match="unknown method 'nope'.*; or a set: all, core, baselines, peft, vision"):
         spec_mod.parse_methods("core,nope")

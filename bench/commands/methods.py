@@ -15,6 +15,20 @@ from .. import backbones
 from ..errors import UserError
 
 
+def trainable(backbone, name: str, num_classes: int) -> tuple[int, int] | None:
+    """(trainable parameters without the head, with a ``num_classes`` head) of method ``name`` with its
+    defaults on ``backbone``; None when the method does not run on the backbone's family. Also the
+    counts of the generated methods page (``bench.reference_docs``)."""
+    from methods.families import layout_of
+
+    if not methods.supports(name, layout_of(backbone).family):
+        return None
+    model = methods.get(name).apply(backbone, num_classes=num_classes)
+    counts = methods.count_trainable(model), methods.count_trainable(model, exclude_head=False)
+    del model  # free this copy before the next method copies the backbone
+    return counts
+
+
 def describe(backbone, num_classes: int) -> list[list[str]]:
     """One row per registered method, counted on ``backbone`` with a ``num_classes`` head."""
     from methods.families import layout_of
@@ -25,13 +39,11 @@ def describe(backbone, num_classes: int) -> list[list[str]]:
         method = methods.get(name)
         hparams = ", ".join(f"{k}={v}" for k, v in method.defaults.items()) or "-"
         mergeable = "yes" if method.mergeable else "no"
-        if not methods.supports(name, family):
+        counts = trainable(backbone, name, num_classes)
+        if counts is None:
             rows.append([name, f"not on {family}", "-", mergeable, hparams])
             continue
-        model = method.apply(backbone, num_classes=num_classes)
-        rows.append([name, f"{methods.count_trainable(model):,}",
-                     f"{methods.count_trainable(model, exclude_head=False):,}", mergeable, hparams])
-        del model  # free this copy before the next method copies the backbone
+        rows.append([name, f"{counts[0]:,}", f"{counts[1]:,}", mergeable, hparams])
     return rows
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import methods
 
 from .. import backbones
+from ..device import pick_gpus
 from ..errors import UserError
 from ..run.protocol import Runner
 from ..run.spec import METHOD_SETS, RunRequest, build_spec, writable_dir
@@ -19,8 +20,14 @@ from ..run.workers import parse_jobs, run_local_workers
 
 
 def main_run(args: argparse.Namespace) -> int:
+    from ..run import launch  # light: submitit is imported only when a launcher runs
+
+    if getattr(args, "launcher", None):  # the workers as one submitit job array (Slurm, or local)
+        return launch.launch(args)
+    launch.check_flags(args)  # a launcher's flags without --launcher: one line
     spec = build_spec(RunRequest.from_args(args))
-    jobs = parse_jobs(args.jobs, spec)
+    gpus = pick_gpus(spec.device, getattr(args, "devices", None))  # --devices: one pinned worker per GPU picked
+    jobs = parse_jobs(args.jobs, spec, gpus)
     if args.dry_run:
         from ..run.plan import print_plan
 
@@ -43,8 +50,8 @@ def main_run(args: argparse.Namespace) -> int:
     print(f"bench run: suite {spec.suite.name} on {spec.backbone}, {len(spec.methods)} methods x "
           f"{len(spec.tasks)} tasks{': ' if spec.recipe else ' = '}{work}; device {spec.device}; {jobs} worker{'s' if jobs > 1 else ''}",
           flush=True)
-    if jobs > 1:
-        code = run_local_workers(spec, jobs)
+    if jobs > 1 or getattr(args, "devices", None):  # a GPU picked by --devices: a worker pinned to it
+        code = run_local_workers(spec, jobs, gpus)
         if code:
             return code
     else:

@@ -64,3 +64,17 @@ def serialize_sqlite(storage: optuna.storages.RDBStorage) -> None:
     event.listen(storage.engine, "connect", lambda dbapi_con, _: setattr(dbapi_con, "isolation_level", None))
     event.listen(storage.engine, "begin", lambda con: con.exec_driver_sql("BEGIN IMMEDIATE"))
     storage.engine.dispose()  # the connections that created the tables predate the listeners
+
+
+def stale_trial_numbers(storage, study: optuna.Study) -> set[int] | None:
+    """The numbers of the study's RUNNING trials whose last heartbeat is older than the storage's
+    grace period (``RDBStorage._get_stale_trial_ids``, what ``fail_stale_trials`` fails; a trial
+    with no heartbeat yet is not stale); None when the storage keeps no heartbeats. Read only:
+    `bench status` counts the workers alive with it, and fails nothing."""
+    if heartbeat_interval(storage) is None:
+        return None
+    stale = set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)))
+    if not stale:
+        return set()
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if trial_id(storage, study, t.number) in stale}

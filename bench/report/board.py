@@ -70,6 +70,25 @@ def missing_notes(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[
     return notes
 
 
+def measured_on(summary: pd.DataFrame) -> str:
+    """The one device class ("CPU", a GPU's name) every row's throughput and memory were measured
+    on, for the columns' headers; "" when the rows differ (``measured_on_note`` says which is which)
+    or none was recorded."""
+    classes = set(summary.get("measured_on", pd.Series(dtype=object)))
+    return classes.pop() if len(classes) == 1 and "," not in next(iter(classes)) else ""
+
+
+def measured_on_note(summary: pd.DataFrame) -> str | None:
+    """Where the rows' device classes differ: which rows were measured on which, in one note."""
+    if measured_on(summary) or not summary.get("measured_on", pd.Series(dtype=object)).astype(bool).any():
+        return None
+    by_class: dict[str, list[str]] = {}
+    for label, on in summary["measured_on"].items():
+        by_class.setdefault(on or "not recorded", []).append(str(label))
+    return ("Train img/s and Peak mem (MB) come from different devices, not comparable across them: "
+            + "; ".join(f"{on}: {', '.join(labels)}" for on, labels in sorted(by_class.items())) + ".")
+
+
 def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[str]], summary: pd.DataFrame,
                 partial: dict[str, str], paper: pd.Series | None, delta: pd.Series | None,
                 suite_stats: st.SuiteStats | None = None) -> str:
@@ -103,9 +122,10 @@ def build_table(cells: pd.DataFrame, tasks: list[str], groups: dict[str, list[st
     cols["Params (M, no head)"] = column(summary[tracking.PARAMS_BACKBONE] / 1e6, 3, "min")
     cols["Params (M, with heads)"] = column(summary[tracking.PARAMS_TOTAL] / 1e6, 3, "min")
     cols["PPT"] = column(summary["ppt"], 3, "max", eligible=complete)
-    cols["Train img/s"] = column(summary[tracking.TRAIN_IMG_PER_S], 1, "max",
-                                 eligible=summary[tracking.PARAMS_BACKBONE] > 0)
-    cols["Peak mem (MB)"] = column(summary[tracking.PEAK_MEM_MB], 0, "min")
+    on = measured_on(summary)  # the device class of the throughput and memory, where every row shares one
+    cols[f"Train img/s ({on})" if on else "Train img/s"] = column(summary[tracking.TRAIN_IMG_PER_S], 1, "max",
+                                                                  eligible=summary[tracking.PARAMS_BACKBONE] > 0)
+    cols[f"Peak mem (MB, {on})" if on else "Peak mem (MB)"] = column(summary[tracking.PEAK_MEM_MB], 0, "min")
     table = pd.DataFrame(cols)
     return markdown_table(table.values.tolist(), list(table.columns))
 
@@ -218,6 +238,7 @@ def leaderboard(suite: catalog.Suite, all_runs: pd.DataFrame, commit: tuple[str,
     lines += [f"- {n}" for n in notes(suite, runs, tasks, groups, commit, ref_rows, reference)]
     lines += [f"- {n}" for n in stats_notes(tasks)]
     lines += [f"- {n}" for n in list(partial.values()) + failed_notes(lost) + delta_notes]
+    lines += [f"- {n}" for n in [measured_on_note(summary)] if n]
     lines += _ignored_notes(finished, known, runs)
     return Board(backbone, lines, summary, tasks, len(runs), suite_stats)
 

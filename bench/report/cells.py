@@ -99,6 +99,11 @@ def summarize(runs: pd.DataFrame, cells: pd.DataFrame, tasks: list[str],
     params = runs.groupby(["label", "task"])[[tracking.PARAMS_BACKBONE, tracking.PARAMS_TOTAL]].mean()
     out = out.join(params.groupby("label").mean())
     out = out.join(runs.groupby("label")[[tracking.TRAIN_IMG_PER_S, tracking.PEAK_MEM_MB]].mean())
+    # the device class its throughput and memory were measured on ("CPU", "NVIDIA H100 80GB HBM3"; several
+    # joined by ", "; "" for runs from before it was recorded)
+    names = runs["device_name"] if "device_name" in runs else pd.Series("", index=runs.index)
+    out["measured_on"] = names.groupby(runs["label"]).agg(
+        lambda ns: ", ".join(sorted({n for n in ns if n}))).reindex(out.index, fill_value="")
     out["ppt"] = ppt(out["mean_tasks"], out[tracking.PARAMS_TOTAL])
     out["all_seeds"] = cells["failed"].groupby("label").sum().reindex(out.index, fill_value=0) == 0
     out["ranked"] = out["complete"] & out["all_seeds"]  # a mean over fewer tasks or seeds is no contest

@@ -83,9 +83,11 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
              "tags.task": "task", "tags.seed": "seed", "tags.git_commit": "commit",
              f"tags.{tracking.EXPERIMENT_TAG}": "identity", "tags.failure_reason": "failure",
              f"params.{VARIANT_PARAM}": "mode", "params.data_sha256": "data",
+             f"params.{tracking.DEVICE_NAME_PARAM}": "device_name",
              **{f"metrics.{m}": m for m in METRICS}}
     df = raw.reindex(columns=list(names)).rename(columns=names)
-    for col in ("run_id", "status", "method", "task", "seed", "commit", "identity", "failure", "mode", "data"):
+    for col in ("run_id", "status", "method", "task", "seed", "commit", "identity", "failure", "mode", "data",
+                "device_name"):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     df["commit"] = df["commit"].replace("", "unknown")
     for col in METRICS:

@@ -11,5 +11,8 @@
 - ``coordination``: how workers sharing one storage divide the work (budgets, claims, heartbeats,
   dead workers);
 - ``workers``: ``--jobs N`` local worker processes; ``split_guard``: the test split opened only in
-  a final fit; ``plan``: ``--dry-run``'s plan and cost estimate.
+  a final fit; ``plan``: ``--dry-run``'s plan and cost estimate;
+- ``launch``: ``--launcher slurm|local``, the workers as one submitit job array (its flags, the
+  stores it refuses, ``--wait``); ``array_worker``: the worker submitit runs and requeues;
+  ``progress``: how far a sweep is, read from the stores (`bench status`, ``--wait``).
 """

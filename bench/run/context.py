@@ -12,6 +12,7 @@ import methods
 
 from .. import backbones, tracking
 from ..catalog import Task
+from ..device import device_class
 from ..identity import Cell, Experiment
 from ..recipes import Setting
 from ..train import TrainConfig, head_only, seed_everything
@@ -52,6 +53,7 @@ class RunContext:
             "weights_file": str(weights) if weights else "random-init",
             "git_commit": tracking.git_commit(),
             "device": spec.device,
+            tracking.DEVICE_NAME_PARAM: device_class(spec.device),  # what the throughput and memory ran on
             **tracking.package_versions(),
         }
         self._data_hashes: dict[str, str] = {}
@@ -69,7 +71,7 @@ class RunContext:
         s = self.spec
         return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=params["lr"],
                            weight_decay=params["weight_decay"], warmup_epochs=s.warmup_epochs, seed=seed,
-                           device=s.device, workers=s.workers, compile=s.compile, desc=desc,
+                           device=s.device, workers=s.workers, compile=s.compile, precision=s.precision, desc=desc,
                            checkpoint=checkpoint, drop_path_rate=s.drop_path_rate)
 
     def _model(self, method: str, task: Task, method_params: dict, seed: int):

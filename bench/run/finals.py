@@ -53,7 +53,8 @@ class Finals:
         s = self.spec
         return TrainConfig(epochs=setting.epochs_trained, batch_size=t["batch_size"], lr=t["lr"],
                            weight_decay=t["weight_decay"], warmup_epochs=t["warmup_epochs"], seed=seed,
-                           device=s.device, workers=s.workers, compile=s.compile, desc=desc, checkpoint=checkpoint,
+                           device=s.device, workers=s.workers, compile=s.compile, precision=s.precision, desc=desc,
+                           checkpoint=checkpoint,
                            paper_schedule=schedule, drop_path_rate=t["drop_path_rate"],
                            residual_dropout=t["residual_dropout"], zero_head=t["zero_head"])
 

@@ -11,7 +11,7 @@ from ..train import head_only, make_optimizer, train_step
 
 
 def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int,
-           image_size: int) -> tuple[float, float, bool]:
+           image_size: int, precision: str | None = None) -> tuple[float, float, bool]:
     """(train img/s, forward-only img/s, head-only?) of one method on random images of the
     suite's size (not the model's own: DINOv2 is built for 518 px and run at 224)."""
     torch.manual_seed(0)
@@ -21,10 +21,10 @@ def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int
     opt = make_optimizer(model, 1e-4, 0.0, device)
 
     def forward():
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, precision):
             model(x)
 
-    train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device, warmup=1)
+    train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device, precision), steps, device, warmup=1)
     model.eval()
     return train, batch / seconds_per_call(forward, steps, device, warmup=1), head_only(model)
 
@@ -61,7 +61,7 @@ def print_plan(spec) -> None:
     rows, total = [], 0.0
     for method in spec.methods:
         train_rate, eval_rate, probe = _rates(method, spec.fixed.get(method, {}), base, spec.device, batch,
-                                              steps, int(s.protocol["image_size"]))
+                                              steps, int(s.protocol["image_size"]), spec.precision)
         seconds = sum(estimate_seconds(spec, method, t, *sizes[t.name], train_rate, eval_rate, probe)
                       for t in spec.tasks)
         total += seconds

@@ -21,10 +21,14 @@ class Records:
 
     def _tags(self, phase: str, method: str, task: Task, seed: int) -> dict:
         experiment = self.experiment(method)
-        return {"phase": phase, "suite": self.spec.suite.name, "method": method, "task": task.name,
+        tags = {"phase": phase, "suite": self.spec.suite.name, "method": method, "task": task.name,
                 "group": task.group, "seed": seed, "git_commit": self.provenance["git_commit"],
                 "owner": owner_id(), tracking.EXPERIMENT_TAG: experiment.to_json(),
                 tracking.EXPERIMENT_KEY_TAG: experiment.key()}
+        if self.spec.compile:  # a method that cannot be compiled runs eagerly (bench.compiled): said here
+            spec = methods.get(method)
+            tags[tracking.COMPILE_TAG] = "compiled" if spec.compiles else f"eager: {spec.compile_why}"
+        return tags
 
     def _params(self, method: str, task: Task, hparams: dict) -> dict:
         """An MLflow run's params: every hyperparameter it trains with, its experiment's fields,

@@ -18,7 +18,7 @@ from ..catalog import Suite, Task, load_suite
 from ..errors import UserError
 from ..recipes import Recipe, Setting, load_recipe
 from ..identity import Experiment
-from ..device import precision, resolve_device
+from ..device import resolve_device, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class RunRequest:
     hparam: tuple[str, ...] = ()
     force: bool = False
     recipe: str | None = None
+    precision: str | None = None  # --precision fp32|bf16; None: bf16 on GPU, fp32 on CPU
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "RunRequest":
@@ -94,6 +95,7 @@ class RunSpec:
     recipe: Recipe | None = None  # --recipe: no tuning, the paper's settings per (method, task)
     epochs_override: int | None = None  # --epochs given with --recipe: a smoke run of that many epochs
     request: RunRequest | None = None  # what it was built from: what workers receive
+    precision: str = "fp32"  # --precision: the autocast every fit trains and evaluates in (part of the identity)
 
     def experiment(self, method: str, weights_sha256: str) -> Experiment:
         """The experiment ``method``'s runs belong to (``bench.identity``). Under a recipe, its name
@@ -105,7 +107,7 @@ class RunSpec:
             epochs=self.epochs_override if recipe else self.epochs,
             warmup_epochs=None if recipe else self.warmup_epochs, batch_size=None if recipe else self.batch_size,
             trials=self.trials, drop_path_rate=None if recipe else self.drop_path_rate,
-            precision=precision(self.device), device_kind=self.device.split(":")[0],
+            precision=self.precision, device_kind=self.device.split(":")[0],
             plugin=methods.plugins.provenance(method) or "")
 
     def setting(self, method: str, task: Task) -> Setting:
@@ -148,7 +150,7 @@ METHOD_SETS = ("all", *methods.GROUPS)
 
 def parse_methods(text: str, family: str | None = None) -> list[str]:
     """``--methods``: comma-separated method names and sets: 'all' (every registered method),
-    'core' (the design's seven), 'baselines', 'peft'. A set keeps the methods that run on backbones
+    'core' (the design's seven), 'baselines', 'peft', 'vision'. A set keeps the methods that run on backbones
     of ``family`` (when given); a name is checked to exist."""
     chosen = []
     tokens = [t.strip() for t in text.split(",") if t.strip()]
@@ -325,6 +327,7 @@ def build_spec(request: RunRequest) -> RunSpec:
         batch_size=request.batch_size or suite.protocol["batch_size"], data_root=request.data_root,
         pretrained=pretrained, random_init=random_init, device=device, out=out, storage=request.storage,
         tracking_uri=tracking_uri, workers=request.workers, compile=request.compile, force=request.force,
+        precision=resolve_precision(request.precision, device),
         fixed=parse_fixed(list(request.hparam), method_names, backbone), drop_path_rate=drop_path_rate,
         recipe=recipe, epochs_override=request.epochs if recipe else None, request=request)
 

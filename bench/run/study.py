@@ -19,6 +19,7 @@ from ..compat import optuna_storage
 from .coordination import GRACE_S, HEARTBEAT_S, RetryCallback
 from ..errors import UserError, first_line
 from ..identity import Cell
+from ..tracking import IDENTITY_ATTR, ROLE_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -161,8 +162,8 @@ def requeue(study: optuna.Study, trial) -> None:
     RetryCallback()(study, study.tell(trial, state=TrialState.FAIL))
 
 
-IDENTITY_ATTR = "identity"  # a study's user attribute: its cell, ``Cell.to_dict()``
-ROLE_ATTR = "role"  # a study's user attribute: what its trials are
+# a study's user attributes, IDENTITY_ATTR (its cell, ``Cell.to_dict()``) and ROLE_ATTR (what its trials
+# are), are named in bench.tracking with every name a run records (``SCHEMA``)
 ROLE_TUNING, ROLE_FINAL = "tuning", "final fits"
 
 
