@@ -6,8 +6,9 @@ import argparse
 
 from tabulate import tabulate
 
-from ..run.progress import (DONE, FAILED, RUNNING, WAITING, Row, count_mlflow, mlflow_client, open_storage_readonly,
+from ..run.progress import (DONE, FAILED, RUNNING, WAITING, Row, count_mlflow, mlflow_client,
                             read_rows, storage_location, time_left, tracking_location)
+from ..run.study import open_storage_readonly
 
 
 def table(rows: list[Row]) -> str:

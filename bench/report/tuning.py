@@ -61,30 +61,9 @@ def open_existing(spec: str | Path):
     opened without creating tables. URLs are built from paths and read back as the store reads
     them (``tracking.sqlite_url``, ``tracking.sqlite_path``): a path holding ``#`` works, one that no
     URL carries verbatim (``?``, ``%``) is refused rather than opening another file."""
-    import optuna
+    from ..run.study import open_storage_readonly
 
-    from ..tracking import check_sqlite, sqlite_path, sqlite_url
-
-    text = str(spec)
-    if "://" not in text:
-        path = Path(text)
-        if not path.is_file():
-            raise UserError(f"no Optuna storage at {path}")
-        if path.suffix == ".db":
-            text = sqlite_url(path)
-        else:
-            from ..run.study import open_storage
-
-            return open_storage(str(path), path.parent)
-    if text.startswith("sqlite:"):
-        path = sqlite_path(text)
-        if path is None or not path.is_file():
-            raise UserError(f"no Optuna storage at {path or text}")
-        check_sqlite(path, "Optuna storage")
-    try:
-        return optuna.storages.RDBStorage(text, skip_table_creation=True)
-    except Exception as exc:  # sqlalchemy raises many types for bad URLs, dead servers, other schemas
-        raise UserError(f"cannot read Optuna storage {text}: {first_line(exc)}") from None
+    return open_storage_readonly(str(spec))
 
 
 # --------------------------------------------------------------------------- the studies

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, first_line
+from .study import open_storage_readonly
 
 DONE, RUNNING, WAITING, FAILED = "done", "running", "waiting", "failed"
 REFUSED = ("surplus", "duplicate")  # claims the coordination refuses on purpose: no failure
@@ -108,37 +109,6 @@ def storage_location(storage: str | None, out: str | Path) -> str:
             return str(out / name)
     raise UserError(f"no Optuna storage under {out} (optuna.db): nothing has run with --out {out}; "
                     "pass --out of a run, or --storage URL")
-
-
-def open_storage_readonly(location: str):
-    """The storage at ``location``, opened without creating anything: a file must exist (and be
-    undamaged), a server database must hold Optuna's tables. Its heartbeat settings are the
-    runner's, so a trial is stale here exactly when the runner would fail it."""
-    import optuna
-
-    from ..run.coordination import GRACE_S, HEARTBEAT_S
-    from ..tracking import check_sqlite, sqlite_path, sqlite_url
-
-    url = location
-    if "://" not in url:
-        path = Path(url)
-        if not path.is_file():
-            raise UserError(f"no Optuna storage at {path}")
-        if path.suffix != ".db":  # a journal file
-            backend = optuna.storages.journal.JournalFileBackend(
-                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
-            return optuna.storages.JournalStorage(backend)
-        url = sqlite_url(path)
-    if url.startswith("sqlite"):
-        path = sqlite_path(url)
-        if path is None or not path.is_file():
-            raise UserError(f"no Optuna storage at {path or url}")
-        check_sqlite(path, "Optuna storage")
-    try:
-        return optuna.storages.RDBStorage(url, skip_table_creation=True, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S)
-    except Exception as exc:  # sqlalchemy raises many types: a dead server, no tables, another schema
-        raise UserError(f"cannot read Optuna storage {url}: {first_line(exc)}") from None
 
 
 def tracking_location(uri: str | None, out: str | Path) -> str:

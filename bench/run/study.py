@@ -222,3 +222,31 @@ def best_params(study: optuna.Study) -> tuple[dict, str]:
         return {}, "no trial completed; defaults used"
     best = max(complete, key=lambda t: (t.value, -t.number))
     return dict(best.user_attrs["hparams"]), f"trial {best.number}"
+
+
+def open_storage_readonly(location: str):
+    """The storage at ``location``, opened without creating anything: a file must exist (and be
+    undamaged), a server database must hold Optuna's tables. Its heartbeat settings are the
+    runner's, so a trial is stale here exactly when the runner would fail it."""
+    from ..tracking import check_sqlite, sqlite_path, sqlite_url
+
+    url = location
+    if "://" not in url:
+        path = Path(url)
+        if not path.is_file():
+            raise UserError(f"no Optuna storage at {path}")
+        if path.suffix != ".db":  # a journal file
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+            return optuna.storages.JournalStorage(backend)
+        url = sqlite_url(path)
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is None or not path.is_file():
+            raise UserError(f"no Optuna storage at {path or url}")
+        check_sqlite(path, "Optuna storage")
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S)
+    except Exception as exc:  # sqlalchemy raises many types: a dead server, no tables, another schema
+        raise UserError(f"cannot read Optuna storage {url}: {first_line(exc)}") from None
