@@ -221,10 +221,13 @@ def assert_sweep_done_exactly_once(storage_url: str, tracking_uri: str) -> None:
         storage.engine.dispose()  # before the database is dropped
 
 
+@pytest.mark.parametrize("launcher", [(), ("--launcher", "local", "--wait")], ids=["jobs", "launcher-local"])
 def test_two_workers_on_postgresql_and_an_mlflow_server_divide_the_sweep_exactly(
-        new_database, mlflow_server, runs, tmp_path):
+        new_database, mlflow_server, runs, tmp_path, launcher):
+    """--jobs 2 as local worker processes, and as the job array of submitit's local executor (the
+    path a Slurm sweep takes, issue 30): each divides the sweep exactly."""
     storage = new_database("optuna")
-    runs.append(bench_run(tmp_path / "out", storage, mlflow_server, "--epochs", "1"))
+    runs.append(bench_run(tmp_path / "out", storage, mlflow_server, "--epochs", "1", *launcher))
     code, out = finish(runs[-1])
     assert code == 0, out[-4000:]
     assert_sweep_done_exactly_once(storage, mlflow_server)
