@@ -24,6 +24,6 @@ def compile_step(step_fn, method: str):
     (8) kinds of model and runs the 9th eagerly without a word, so a worker fitting its 9th method
     would silently stop compiling. Models of one method (its trials, its seeds) reuse the cache."""
     if _last_method != [method]:
-        torch._dynamo.reset()
+        torch.compiler.reset()
         _last_method[:] = [method]
     return torch.compile(step_fn)

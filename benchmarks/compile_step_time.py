@@ -39,7 +39,7 @@ def measure(name: str, backbone: str, batch_size: int, steps: int, precision: st
     models["compiled"] = methods.get(name).apply(base, num_classes=NUM_CLASSES).train()
     x = torch.randn(batch_size, 3, spec.image_size, spec.image_size)
     y = torch.randint(0, NUM_CLASSES, (batch_size,))
-    torch._dynamo.reset()
+    torch.compiler.reset()
     step_fns = {"eager": models["eager"], "compiled": torch.compile(models["compiled"])}
     opts = {k: make_optimizer(m, 1e-4, 0.0, "cpu") for k, m in models.items()}
     start = time.perf_counter()

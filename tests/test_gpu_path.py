@@ -223,7 +223,7 @@ def test_inductor_bf16_step_matches_eager(name, small_vit, images, monkeypatch):
     eager = adapted(name, small_vit)
     reference = fit_steps(eager, eager, images, "bf16")
     model = adapted(name, small_vit)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
     with inductor_config.patch(fallback_random=True):

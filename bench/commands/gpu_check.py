@@ -117,7 +117,7 @@ def measure_compiled(row: Row, backbone: str, device: str, batch_size: int, step
     """``row`` (``measure_eager``'s) with the compiled figures: ``torch.compile`` of the model, as
     ``--compile`` trains (``backend``: torch.compile's; the CPU test uses aot_eager)."""
     model, opt, x, y = _setup(row.method, backbone, device, batch_size)
-    torch._dynamo.reset()  # one process compiles every method: dynamo would run the 9th eagerly
+    torch.compiler.reset()  # one process compiles every method: dynamo would run the 9th eagerly
     compiled = torch.compile(model, backend=backend)
     _reset_peak(device)
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def check_all(names: list[str], backbone: str, device: str, batch_size: int, ste
         except Exception as exc:  # noqa: BLE001 - the check reports every method's failure, then goes on
             return f"error: {type(exc).__name__}: {first_line(exc)}"
         finally:
-            torch._dynamo.reset()
+            torch.compiler.reset()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
 

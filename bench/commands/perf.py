@@ -120,7 +120,7 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
     before = current_memory_mb(device)
     row["train_img_s"] = batch_size / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device)
     if compile:
-        torch._dynamo.reset()  # on GPU every method runs in this process: dynamo would run the 9th eagerly
+        torch.compiler.reset()  # on GPU every method runs in this process: dynamo would run the 9th eagerly
         compiled = torch.compile(model)
         row["train_img_s_compiled"] = batch_size / seconds_per_call(lambda: train_step(compiled, opt, x, y, device),
                                                           steps, device)
