@@ -76,11 +76,12 @@ def visible_gpus() -> list[str]:
     return [d.strip() for d in listed.split(",") if d.strip()][:count]
 
 
-def pick_gpus(device: str, devices: str | None) -> list[str]:
+def pick_gpus(device: str, devices: list[int] | None) -> list[str]:
     """The GPUs local workers are pinned to, one each (``CUDA_VISIBLE_DEVICES``): with ``--device
     cuda`` (or auto on a CUDA machine) every visible GPU, or those ``--devices 0,2,3`` picks (their
     positions among the visible ones, as torch numbers them: cuda:0, cuda:2, cuda:3); [] on CPU
-    and for one named GPU (``--device cuda:1``), which a single worker uses unpinned."""
+    and for one named GPU (``--device cuda:1``), which a single worker uses unpinned. ``devices``: the
+    parsed ``--devices`` (``bench.run.spec.parse_int_list``)."""
     from .errors import UserError
 
     if devices is None:
@@ -89,17 +90,11 @@ def pick_gpus(device: str, devices: str | None) -> list[str]:
         raise UserError(f"--devices picks GPUs for one worker each; it needs --device cuda or auto on a CUDA "
                         f"machine (the device is {device})")
     visible = visible_gpus()
-    try:
-        positions = [int(v) for v in devices.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--devices takes comma-separated GPU numbers, e.g. 0,2,3, got {devices!r}") from None
-    if not positions or len(set(positions)) != len(positions):
-        raise UserError(f"--devices must list distinct GPU numbers, got {devices!r}")
-    bad = [p for p in positions if not 0 <= p < len(visible)]
+    bad = [p for p in devices if not 0 <= p < len(visible)]
     if bad:
-        raise UserError(f"--devices {devices}: no GPU {', '.join(map(str, bad))}; this machine shows {len(visible)} "
+        raise UserError(f"--devices {','.join(map(str, devices))}: no GPU {', '.join(map(str, bad))}; this machine shows {len(visible)} "
                         f"(0 to {len(visible) - 1})")
-    return [visible[p] for p in positions]
+    return [visible[p] for p in devices]
 
 
 def pinned_env(env: dict, gpus: list[str], worker: int) -> dict:

@@ -42,6 +42,7 @@ import methods
 from bench import device as bench_device
 from bench import testing, train
 from bench.errors import UserError
+from bench.run.spec import parse_int_list
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -482,7 +483,7 @@ def test_jobs_auto_starts_one_worker_per_gpu_each_pinned_to_its_own(four_gpus, c
     envs = worker_envs(monkeypatch, spec, 4, gpus)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "2", "3"]
     assert all(e["OMP_NUM_THREADS"] == "1" for e in envs)
-    picked = bench_device.pick_gpus("cuda", "0,2,3")
+    picked = bench_device.pick_gpus("cuda", [0, 2, 3])
     assert parse_jobs("auto", spec, picked) == 3
     assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_envs(monkeypatch, spec, 3, picked)] == ["0", "2", "3"]
     # more workers than GPUs share them round robin; --force runs one worker; CPU: no pinning
@@ -518,10 +519,12 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert bench_device.visible_gpus() == ["0", "1", "2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     assert bench_device.visible_gpus() == ["4", "5", "6", "7"]
-    assert bench_device.pick_gpus("cuda", "0,2,3") == ["4", "6", "7"]  # --devices counts as torch does
-    for bad, message in (("0,0", "distinct"), ("a", "comma-separated GPU numbers"), ("4", "no GPU 4")):
-        with pytest.raises(UserError, match=message):
-            bench_device.pick_gpus("cuda", bad)
+    assert bench_device.pick_gpus("cuda", [0, 2, 3]) == ["4", "6", "7"]  # --devices counts as torch does
+    with pytest.raises(UserError, match="--devices 4: no GPU 4"):
+        bench_device.pick_gpus("cuda", [4])
+    for bad, message in (("0,0", "distinct"), ("a", "comma-separated integers"), ("-1", "integers >= 0")):
+        with pytest.raises(UserError, match=message):  # the flag's text, parsed as every integer list is
+            parse_int_list(bad, "--devices", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench_device.visible_gpus() == []
 

@@ -15,7 +15,7 @@ from .. import backbones
 from ..device import pick_gpus
 from ..errors import UserError
 from ..run.protocol import Runner
-from ..run.spec import METHOD_SETS, RunRequest, build_spec, writable_dir
+from ..run.spec import METHOD_SETS, RunRequest, build_spec, parse_int_list, writable_dir
 from ..run.workers import parse_jobs, run_local_workers
 
 
@@ -26,7 +26,7 @@ def main_run(args: argparse.Namespace) -> int:
         return launch.launch(args)
     launch.check_flags(args)  # a launcher's flags without --launcher: one line
     spec = build_spec(RunRequest.from_args(args))
-    gpus = pick_gpus(spec.device, getattr(args, "devices", None))  # --devices: one pinned worker per GPU picked
+    gpus = pick_gpus(spec.device, parse_int_list(args.devices, "--devices", 0))  # one pinned worker per GPU picked
     jobs = parse_jobs(args.jobs, spec, gpus)
     if args.dry_run:
         from ..run.plan import print_plan

@@ -141,7 +141,8 @@ def parse_int_list(text: str | None, what: str, lo: int | None = None, hi: int |
     if not values or len(set(values)) != len(values):
         raise UserError(f"{what} must list distinct integers, got {text!r}")
     if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
-        raise UserError(f"{what} must be integers in [{lo}, {hi}], got {text!r}")
+        bounds = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        raise UserError(f"{what} must be integers {bounds}, got {text!r}")
     return values
 
 
