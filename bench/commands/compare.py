@@ -200,5 +200,5 @@ def main(args) -> int:
     """`bench compare A B [--suite S] [--tracking-uri URI] [--planned]`."""
     uri = args.tracking_uri or tracking.default_tracking_uri()
     suite, all_runs = pick_suite(uri, args.suite)
-    print(render(suite, all_runs, args.a, args.b, planned=getattr(args, "planned", False)))
+    print(render(suite, all_runs, args.a, args.b, planned=args.planned))
     return 0

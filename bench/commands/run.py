@@ -22,7 +22,7 @@ from ..run.workers import parse_jobs, run_local_workers
 def main_run(args: argparse.Namespace) -> int:
     from ..run import launch  # light: submitit is imported only when a launcher runs
 
-    if getattr(args, "launcher", None):  # the workers as one submitit job array (Slurm, or local)
+    if args.launcher:  # the workers as one submitit job array (Slurm, or local)
         return launch.launch(args)
     launch.check_flags(args)  # a launcher's flags without --launcher: one line
     spec = build_spec(RunRequest.from_args(args))
@@ -50,7 +50,7 @@ def main_run(args: argparse.Namespace) -> int:
     print(f"bench run: suite {spec.suite.name} on {spec.backbone}, {len(spec.methods)} methods x "
           f"{len(spec.tasks)} tasks{': ' if spec.recipe else ' = '}{work}; device {spec.device}; {jobs} worker{'s' if jobs > 1 else ''}",
           flush=True)
-    if jobs > 1 or getattr(args, "devices", None):  # a GPU picked by --devices: a worker pinned to it
+    if jobs > 1 or args.devices:  # a GPU picked by --devices: a worker pinned to it
         code = run_local_workers(spec, jobs, gpus)
         if code:
             return code

@@ -69,8 +69,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Launcher flags only with a launcher; Slurm flags only with Slurm."""
-    launcher = getattr(args, "launcher", None)
-    given = [f for f in (*LAUNCHER_FLAGS, *SLURM_FLAGS) if getattr(args, f, None) not in (None, False, [])]
+    launcher = args.launcher
+    given = [f for f in (*LAUNCHER_FLAGS, *SLURM_FLAGS) if getattr(args, f) not in (None, False, [])]
     if launcher is None and given:
         raise UserError(f"--{given[0].replace('_', '-')} needs --launcher slurm (or local)")
     if launcher == "local":
@@ -153,7 +153,7 @@ def parse_extra(items: list[str]) -> dict[str, str]:
 
 def _check_numbers(args) -> None:
     for flag in ("cpus_per_task", "gpus_per_task"):
-        value = getattr(args, flag, None)
+        value = getattr(args, flag)
         if value is not None and value < (1 if flag == "cpus_per_task" else 0):
             raise UserError(f"--{flag.replace('_', '-')} must be >= {1 if flag == 'cpus_per_task' else 0}, got {value}")
     if args.mem is not None and not re.fullmatch(r"\d+[KMGT]?", args.mem.strip(), re.IGNORECASE):
@@ -248,7 +248,7 @@ def launch(args: argparse.Namespace) -> int:
 
     check_flags(args)
     launcher = args.launcher
-    if getattr(args, "devices", None):
+    if args.devices:
         raise UserError(f"--devices pins plain local workers to GPUs; with --launcher {launcher} each worker gets "
                         "--gpus-per-task GPUs instead")
     request = RunRequest.from_args(args)
