@@ -585,7 +585,8 @@ def test_a_store_of_another_backbone_only_has_no_paper_column(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, row", [("bitfit", "bias"), ("fact_tt", "fact_tt"), ("fact_tk", "fact_tk"),
-                                         ("convpass", "convpass"), ("repadapter", "repadapter")])
+                                         ("convpass", "convpass"), ("repadapter", "repadapter"),
+                                         ("gps", "gps"), ("dtl", "dtl")])
 def test_new_methods_compare_with_their_published_rows(tmp_path, capsys, method, row):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -27,6 +27,12 @@ PAPER_ROW = {
     ("fact_tk", ""): "fact_tk",
     ("convpass", "block"): "convpass",  # the attention-only modes have no published row
     ("repadapter", "block"): "repadapter",
+    # issue 31's vision methods: V-PETL Bench's rows (gps, dtl) and SPT's FGVC rows as SNELL quotes
+    # them (datasets/reference/SOURCES.md); a suite without the row gets no paper column
+    ("gps", ""): "gps",
+    ("dtl", ""): "dtl",
+    ("spt_lora", ""): "spt_lora",
+    ("spt_adapter", ""): "spt_adapter",
 }
 # How the published rows were obtained, where it differs from this harness's protocol (tuned on
 # the validation split, last-epoch test accuracy, several seeds): see datasets/reference/README.md.
