@@ -1,0 +1,125 @@
+"""Load files of another project's checkout by path, as modules, without installing it.
+
+The comparison scripts of this package import official code from a checkout the user gives
+(``--repo DIR``); nothing of it is copied into this repository.
+
+- ``require(repo, relpaths, expected)``: ``repo`` resolved, or one line on stderr and exit 2 when a
+  file the script needs is not there (``repo`` is not a checkout of ``expected``);
+- ``load_module(repo, relpath, name, path=..., absent=...)``: execute one file as module ``name``;
+  ``path``: folders of the checkout on ``sys.path`` while it runs (for its flat ``from layer import``
+  style imports; what they load is taken out of ``sys.modules`` again); ``absent``: top-level packages
+  the file imports but the script does not use: when they are not installed, stand-ins let the file
+  import, and any use of a name from them raises (``module.__absent__`` lists what was stood in);
+  failures raise ``LoadError`` (one line);
+- ``commit_of(repo)``: the checkout's ``HEAD`` commit, or ``None`` (not a git checkout, no git).
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Iterable, NoReturn, Sequence
+
+
+class LoadError(RuntimeError):
+    """A file of the checkout could not be executed (an import it needs, an error in it)."""
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def require(repo: Path | str, relpaths: Iterable[str], expected: str) -> Path:
+    repo = Path(repo).expanduser().resolve()
+    if not repo.is_dir():
+        fail(f"{repo} is not a directory (expected a checkout of {expected})")
+    missing = [p for p in relpaths if not (repo / p).is_file()]
+    if missing:
+        fail(f"{repo} is not a checkout of {expected}: no {', '.join(missing)}")
+    return repo
+
+
+def commit_of(repo: Path | str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+class _Missing:
+    """What a name imported from an absent package is: any use raises."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Missing(f"{self._name}.{attr}")
+
+    def __call__(self, *args, **kwargs):
+        raise LoadError(f"{self._name} is not installed (stood in while its file was loaded)")
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Missing(f"{self.__name__}.{attr}")
+
+
+class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Last on ``sys.meta_path``: answers only for ``roots`` no other finder found."""
+
+    def __init__(self, roots: Sequence[str]):
+        self.roots, self.used = set(roots), []
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] not in self.roots:
+            return None
+        self.used.append(fullname)
+        return importlib.util.spec_from_loader(fullname, self, is_package=True)
+
+    def create_module(self, spec):
+        return _StubModule(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+def load_module(repo: Path | str, relpath: str, name: str, *, path: Sequence[str] = (),
+                absent: Sequence[str] = ()) -> types.ModuleType:
+    repo = Path(repo)
+    file = repo / relpath
+    if not file.is_file():
+        fail(f"{repo} has no {relpath}")
+    folders = [str((repo / p).resolve()) for p in path]
+    before = set(sys.modules)
+    stubs = _Absent(absent)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path[:0] = folders
+    sys.meta_path.append(stubs)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the official file's own failure, reported in one line
+        del sys.modules[name]
+        raise LoadError(f"{relpath}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.meta_path.remove(stubs)
+        for folder in folders:
+            sys.path.remove(folder)
+        for added in set(sys.modules) - before - {name}:  # the flat imports and the stand-ins
+            mod = sys.modules[added]
+            if isinstance(mod, _StubModule) or any(str(getattr(mod, "__file__", "") or "").startswith(f)
+                                                   for f in folders):
+                del sys.modules[added]
+    module.__absent__ = sorted(stubs.used)
+    return module
