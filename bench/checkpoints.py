@@ -1,13 +1,16 @@
 """Checkpoints of a fit, one per epoch, so a preempted job resumes mid-run: trainable tensors,
-optimizer and RNG states and the fit's progress, as tensors and plain values only (read back with
+optimizer and RNG states, the method's own state between steps (``Method.fit_state``: AdaLoRA's
+rank allocator) and the fit's progress, as tensors and plain values only (read back with
 ``weights_only=True``: a checkpoint can never run code), written atomically with their SHA-256
 beside them and checked, all or nothing, before anything is restored."""
 from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -33,19 +36,23 @@ class BadCheckpoint(Exception):
     """A checkpoint that cannot be resumed from; the message says why, in a few words."""
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", *(f.name for f in dataclasses.fields(Progress)))
+# fit_state: the method's own state between steps (``Method.fit_state``: AdaLoRA's importance scores)
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "torch_rng", "fit_state",
+                   *(f.name for f in dataclasses.fields(Progress)))
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, progress: Progress) -> None:
-    """Trainable tensors, optimizer and RNG states after an epoch: tensors and plain values only
-    (read back with ``weights_only=True``, so a checkpoint can never run code), written atomically,
-    with its SHA-256 beside it (``<name>.sha256``, checked before it is read)."""
+def save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, progress: Progress,
+                    fit_state: dict | None = None) -> None:
+    """Trainable tensors, optimizer and RNG states after an epoch, and the method's ``fit_state``:
+    tensors and plain values only (read back with ``weights_only=True``, so a checkpoint can never
+    run code), written atomically, with its SHA-256 beside it (``<name>.sha256``, checked before it
+    is read)."""
     from .data.decoded_cache import write_checksum
 
     buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError (ENOSPC),
     torch.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),  # not torch's RuntimeError
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **dataclasses.asdict(progress)}, buffer)
+                "fit_state": fit_state or {}, **dataclasses.asdict(progress)}, buffer)
     data = buffer.getvalue()
     # the checksum first: a crash between the two writes leaves a mismatch, i.e. a restart
     write_checksum(path, of=data)
@@ -53,10 +60,11 @@ def save_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Gen
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Generator, epochs: int,
-                     steps_per_epoch: int) -> dict:
+                    steps_per_epoch: int, load_fit_state: Callable[[dict], None] | None = None) -> dict:
     """Restore what ``save_checkpoint`` saved, all or nothing: ``BadCheckpoint`` (and nothing
     changed) when the file does not match its checksum, holds anything but tensors and plain
-    values, or does not fit this fit (its parameters, its epochs and steps)."""
+    values, or does not fit this fit (its parameters, its epochs and steps, its method's state:
+    ``load_fit_state`` restores that or raises ValueError; without it the state must be empty)."""
     import pickle
 
     from .data.decoded_cache import checksum_problem
@@ -83,6 +91,11 @@ def load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Gen
     except Exception as exc:
         optimizer.load_state_dict(before)
         raise BadCheckpoint(f"it holds another optimizer's state ({first_line(exc, 120)})") from None
+    try:  # last of what can fail: it changes nothing when it raises
+        _load_fit_state(state.get("fit_state", {}), load_fit_state)
+    except ValueError as exc:
+        optimizer.load_state_dict(before)
+        raise BadCheckpoint(f"it holds another method's state ({first_line(exc, 120)})") from None
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["model"].items():
@@ -94,8 +107,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer, generator: torch.Gen
 
 def _check(state, model: nn.Module, generator: torch.Generator, epochs: int, steps_per_epoch: int) -> None:
     """``BadCheckpoint`` unless ``state`` is what ``save_checkpoint`` writes for this model and fit."""
-    if not isinstance(state, dict) or set(state) != set(CHECKPOINT_KEYS):
-        raise BadCheckpoint("it is not a checkpoint of this tool")
+    if not isinstance(state, dict) or set(state) not in (set(CHECKPOINT_KEYS), set(CHECKPOINT_KEYS) - {"fit_state"}):
+        raise BadCheckpoint("it is not a checkpoint of this tool")  # (written before fit_state: a method without one)
     trainable = _trainable_state(model)
     saved = state["model"]
     if (not isinstance(saved, dict) or set(saved) != set(trainable)
@@ -111,3 +124,31 @@ def _check(state, model: nn.Module, generator: torch.Generator, epochs: int, ste
             and all(isinstance(h, dict) for h in history) and isinstance(state["images"], int)
             and isinstance(state["train_seconds"], (int, float))):
         raise BadCheckpoint(f"it does not fit this fit of {epochs} epochs of {steps_per_epoch} steps")
+
+
+def _load_fit_state(state, load: Callable[[dict], None] | None) -> None:
+    if not isinstance(state, dict):
+        raise ValueError("not a dict")
+    if load is not None:
+        load(state)
+    elif state:
+        raise ValueError(f"no method state expected, found {sorted(state)}")
+
+
+def resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator, epochs: int,
+           steps_per_epoch: int, load_fit_state: Callable[[dict], None] | None = None) -> Progress | None:
+    """The progress saved in the checkpoint at ``path``, with the trainable tensors, optimizer, RNG
+    states and the method's fit state restored to where it was saved; None when there is no
+    checkpoint, or (with one warning line, the file removed) when it cannot be used: the fit starts
+    afresh."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        state = load_checkpoint(path, model, optimizer, generator, epochs, steps_per_epoch, load_fit_state)
+    except BadCheckpoint as exc:
+        from .data.decoded_cache import remove_with_checksum
+
+        print(f"warning: checkpoint {path} not used: {exc}; the fit restarts from scratch", file=sys.stderr, flush=True)
+        remove_with_checksum(path)
+        return None
+    return Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})

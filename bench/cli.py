@@ -20,7 +20,7 @@ EXIT_USER_ERROR = 2
 # bench.backbones is not imported here (it imports timm): `bench --help` stays instant
 METHODS_HELP = ("comma-separated method names and sets: all, core (the seven of the design: full, linear, vpt, "
                 "lora, adapter, ssf, rlrr), baselines, peft (Hugging Face peft's tuners), vision (adapter_plus, dtl, "
-                "gps) (default: all)")
+                "gps, spt_lora, spt_adapter) (default: all)")
 BACKBONE_HELP = "backbone name, e.g. vit_large_patch16_224 or swin_base_patch4_window7_224 (an unknown name lists all)"
 
 

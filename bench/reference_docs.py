@@ -46,7 +46,7 @@ def methods_page() -> str:
     import methods
 
     from . import backbones
-    from .commands.methods import trainable
+    from .commands.methods import PLACEHOLDER, trainable
 
     backbone = backbones.create_meta(BACKBONE)  # shapes only: no weights, no download, no init
     rows = []
@@ -54,7 +54,8 @@ def methods_page() -> str:
         method = methods.get(name)
         counts = trainable(backbone, name, num_classes=100)
         rows.append([f"`{name}`", method.group, getattr(method, "paper", "") or "-",
-                     getattr(method, "code", "") or "-", "not on vit" if counts is None else f"{counts[0]:,}",
+                     getattr(method, "code", "") or "-", "not on vit" if counts is None else
+                     f"{counts[0]:,}" + (f" {PLACEHOLDER}" if method.count_from_data else ""),
                      "yes" if method.mergeable else "no", getattr(method, "deviations", "") or "none"])
     head = (
         "# Methods: papers, official code, deviations\n\n"
@@ -62,7 +63,8 @@ def methods_page() -> str:
         "`deviations` attributes, `methods/`); do not edit it by hand: tests/test_docs.py fails when it "
         "differs from what the command writes. Trainable parameters are counted as `bench methods` counts "
         f"them: each method with its defaults on `{BACKBONE}` built on the meta device (every shape, no "
-        "weights), without the classifier head. The module docstring of each method gives the details and "
+        "weights), without the classifier head; a count marked (placeholder) is that of a method whose "
+        "training data decides what trains (SPT), before its selection. The module docstring of each method gives the details and "
         "the lines of the official code it follows; [Methods](../methods.md) describes them.\n\n")
     return head + _table(["method", "set", "paper", "official code", "trainable, ViT-B/16 (no head)",
                           "mergeable", "deviations from the official code"], rows)

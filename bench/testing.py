@@ -18,8 +18,10 @@ Each check is also a function of its own, ``check_*(method, backbone, images)``,
   method declares it in ``trains_backbone`` (a regex of backbone names: full ``.*``, bitfit
   ``.*bias.*``);
 - ``check_training_step``: after three AdamW steps every trainable tensor moved, no frozen one did,
-  and the backbone given to ``apply`` is unchanged;
-- ``check_count``: the trainable count is the same on every call (and every seed);
+  and the backbone given to ``apply`` is unchanged; the steps call the method's per-step hooks as a
+  fit does (``begin_fit``, ``extra_loss`` added to the loss, ``after_step``);
+- ``check_count``: the trainable count is the same on every call (and every seed; for a method whose
+  selection decides its count, ``count_from_data``, the same for the same data and seed);
 - ``check_identity``: where the method declares ``identity_at_init = True``, the adapted model's
   logits equal the backbone's with the same head (fp32, 1e-5);
 - ``check_search_space``: every value its search space suggests (an Optuna random sampler, a few
@@ -30,6 +32,11 @@ Each check is also a function of its own, ``check_*(method, backbone, images)``,
   as the un-adapted model with the same head) whose logits match within 1e-4 (fp32), and leaves
   its input as it was; or, for a method that says ``mergeable = False``, raises ``NotMergeable``;
 - ``check_refuses``: a family the method does not declare is refused with ``Unsupported``.
+
+A method that selects from training data (``needs_training_data``: GPS, SPT) is checked as a fit
+trains it: every check but the refusal builds the model with ``adapted`` (``apply``, then ``select``
+on ``SELECT_BATCHES`` random batches, the same ones every time, seed 0), so the checks cover the
+selected model.
 
 The kit imports neither the runner nor the stores: only ``methods``, ``timm`` and ``optuna``.
 """
@@ -56,6 +63,7 @@ MERGE_ATOL = 1e-4  # design.md: merge exact to 1e-4 in fp32
 IDENTITY_ATOL = 1e-5
 STEPS = 3  # zero-initialised factors (LoRA's B) keep their partner still for the first step
 SEARCH_SAMPLES = 4
+SELECT_BATCHES = 2  # random batches of 4 images a ``needs_training_data`` method selects from
 
 
 class NotApplicable(Exception):
@@ -132,6 +140,22 @@ def _method(method) -> methods.Method:
     return methods.get(method) if isinstance(method, str) else method
 
 
+def selection_batches(model: nn.Module, n: int = SELECT_BATCHES, seed: int = 3) -> list:
+    """``n`` batches of 4 random images and labels (the same for the same ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(sample_images(model, 4, seed + i), torch.randint(0, NUM_CLASSES, (4,), generator=g)) for i in range(n)]
+
+
+def adapted(method, backbone: nn.Module, **hparams) -> nn.Module:
+    """``method.apply`` with ``NUM_CLASSES``, then, for a method that selects from training data,
+    its ``select`` on ``selection_batches`` with seed 0: the model a fit trains."""
+    method = _method(method)
+    model = method.apply(backbone, num_classes=NUM_CLASSES, **hparams)
+    if method.needs_training_data:
+        method.select(model, selection_batches(model), 0)
+    return model
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -165,7 +189,7 @@ def _backbone_name(base_tensors, tensor: torch.Tensor) -> str | None:
 def check_trainable(method, backbone: nn.Module, images: torch.Tensor) -> str:
     """Only the head and the method's own tensors train (backbone tensors only where declared)."""
     method = _method(method)
-    model = method.apply(backbone, num_classes=NUM_CLASSES)
+    model = adapted(method, backbone)
     head = [n for n, _ in model.named_parameters() if n.startswith("head.")]
     assert head, "the adapted model has no head parameters (head.*): apply must keep reset_classifier's head"
     frozen_head = [n for n in head if not model.get_parameter(n).requires_grad]
@@ -193,18 +217,22 @@ def check_training_step(method, backbone: nn.Module, images: torch.Tensor) -> st
     """A few training steps move every trainable tensor, no frozen one, and not the backbone."""
     method = _method(method)
     source = _state(backbone)
-    model = method.apply(backbone, num_classes=NUM_CLASSES).train()
+    model = adapted(method, backbone).train()
     before = _state(model)
     params = dict(model.named_parameters())
     trainable = [p for p in params.values() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.0)
     labels = torch.arange(len(images)) % NUM_CLASSES
-    for _ in range(STEPS):
+    method.begin_fit(model, STEPS)  # the per-step hooks, as bench.train.fit calls them
+    for step in range(1, STEPS + 1):
         opt.zero_grad()
         loss = F.cross_entropy(model(images), labels)
+        extra = method.extra_loss(model)
+        loss = loss if extra is None else loss + extra
         assert torch.isfinite(loss), f"the training loss is {loss.item()}"
         loss.backward()
         opt.step()
+        method.after_step(model, step)
     state = backbone.state_dict()
     moved = [k for k in source if not torch.equal(state[k], source[k])]
     assert list(state) == list(source) and not moved, \
@@ -220,15 +248,20 @@ def check_training_step(method, backbone: nn.Module, images: torch.Tensor) -> st
 
 
 def check_count(method, backbone: nn.Module, images: torch.Tensor) -> str:
-    """The trainable count is the same on every call."""
+    """The trainable count is the same on every call (a ``count_from_data`` method's: for the same
+    data and seed; its count may differ between seeds, which is said)."""
     method = _method(method)
     counts = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        model = method.apply(backbone, num_classes=NUM_CLASSES)
+        model = adapted(method, backbone)
         counts.append((methods.count_trainable(model), methods.count_trainable(model, exclude_head=False)))
-    assert len(set(counts)) == 1, f"the trainable count differs between calls: {counts}"
-    return f"{counts[0][0]:,} (with head {counts[0][1]:,})"
+    by_data = getattr(method, "count_from_data", False)
+    same = counts[:2] if by_data else counts
+    where = " with the same data and seed" if by_data else ""
+    assert len(set(same)) == 1, f"the trainable count differs between calls{where}: {same}"
+    detail = f"{counts[0][0]:,} (with head {counts[0][1]:,})"
+    return detail + (f"; decided by the data: {counts[2][0]:,} with seed 1" if by_data else "")
 
 
 def check_identity(method, backbone: nn.Module, images: torch.Tensor) -> str:
@@ -236,7 +269,7 @@ def check_identity(method, backbone: nn.Module, images: torch.Tensor) -> str:
     method = _method(method)
     if not getattr(method, "identity_at_init", False):
         raise NotApplicable("identity_at_init is not declared")
-    model = method.apply(backbone, num_classes=NUM_CLASSES)
+    model = adapted(method, backbone)
     diff = (_logits(model, images) - _logits(_with_head_of(backbone, model), images)).abs().max().item()
     assert diff <= IDENTITY_ATOL, (f"identity_at_init = True, but the logits at init differ from the backbone's by "
                                    f"{diff:.3g} (> {IDENTITY_ATOL:g})")
@@ -267,7 +300,7 @@ def check_search_space(method, backbone: nn.Module, images: torch.Tensor, sample
         except ValueError:
             too_wide.append(hp)
         else:
-            out = _logits(method.apply(backbone, num_classes=NUM_CLASSES, **hp), images)
+            out = _logits(adapted(method, backbone, **hp), images)
             assert out.shape == (len(images), NUM_CLASSES), f"{hp}: logits of shape {tuple(out.shape)}"
             assert torch.isfinite(out).all(), f"{hp}: non-finite logits"
             built += 1
@@ -282,7 +315,7 @@ def check_seeded(method, backbone: nn.Module, images: torch.Tensor) -> str:
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        models.append(method.apply(backbone, num_classes=NUM_CLASSES))
+        models.append(adapted(method, backbone))
     a, b = (m.state_dict() for m in models)
     assert list(a) == list(b), "two builds under one seed have different tensors"
     differ = [k for k in a if not torch.equal(a[k], b[k])]
@@ -295,7 +328,7 @@ def check_seeded(method, backbone: nn.Module, images: torch.Tensor) -> str:
 def check_merge(method, backbone: nn.Module, images: torch.Tensor) -> str:
     """merge gives a plain backbone with the same logits (<= 1e-4, fp32), or NotMergeable."""
     method = _method(method)
-    model = method.apply(backbone, num_classes=NUM_CLASSES)
+    model = adapted(method, backbone)
     if not method.mergeable:
         try:
             method.merge(model)

@@ -4,16 +4,16 @@ One recipe for every method (so numbers are comparable): AdamW with weight decay
 method's official code applies it (``Method.decays``), a per-step cosine schedule with linear warmup
 (timm's scheduler), autocast in the run's precision (``--precision``), deterministic seeding, one
 tqdm bar per run. A head-only model (the linear probe) trains on backbone features computed once per split.
+A method's per-step hooks (``Method.begin_fit``, ``extra_loss``, ``after_step``: AdaLoRA's rank budget and
+regulariser) run in every fit; their state is in its checkpoints (``Method.fit_state``).
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -28,7 +28,7 @@ import methods
 # timm's stochastic depth and RLRR's residual dropout, by the backbone family's layout
 from methods.families import set_drop_path, set_residual_dropout
 
-from .checkpoints import BadCheckpoint, Progress, load_checkpoint, save_checkpoint
+from .checkpoints import Progress, resume, save_checkpoint
 from .compiled import compile_step, compiles
 from .device import autocast, peak_memory_mb, start_measuring
 
@@ -211,11 +211,17 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
 
 
 def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               device: str, precision: str | None = None) -> torch.Tensor:
+               device: str, precision: str | None = None, extra_loss: Callable | None = None) -> torch.Tensor:
     """One optimizer step in ``precision``'s autocast; returns the detached loss without a host sync
-    (the caller checks it for NaN/inf every few steps, so the GPU never waits on the CPU)."""
+    (the caller checks it for NaN/inf every few steps, so the GPU never waits on the CPU).
+    ``extra_loss()``: the method's own term (``Method.extra_loss``), added in fp32 after the forward,
+    outside autocast and outside the compiled ``step_fn``: the same term whether the step is
+    compiled or not; when it returns None the loss is the cross-entropy itself."""
     with autocast(device, precision):
         loss = F.cross_entropy(step_fn(x), y)
+    term = extra_loss() if extra_loss is not None else None
+    if term is not None:
+        loss = loss + term
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -278,26 +284,6 @@ def _step_fn(model: nn.Module, cfg: TrainConfig, features: bool) -> nn.Module:
     return compile_step(step_fn, model.peft_method) if compiles(model, cfg.compile) else step_fn
 
 
-def _resume(path: str | None, model: nn.Module, optimizer, generator: torch.Generator,
-            lr: _LrSteps, epochs: int, steps_per_epoch: int) -> Progress | None:
-    """The progress saved in the checkpoint at ``path``, with the trainable tensors, optimizer,
-    RNG states and lr schedule restored to where it was saved; None when there is no checkpoint,
-    or (with one warning line, the file removed) when it cannot be used: the fit starts afresh."""
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        state = load_checkpoint(path, model, optimizer, generator, epochs, steps_per_epoch)
-    except BadCheckpoint as exc:
-        from .data.decoded_cache import remove_with_checksum
-
-        print(f"warning: checkpoint {path} not used: {exc}; the fit restarts from scratch", file=sys.stderr, flush=True)
-        remove_with_checksum(path)
-        return None
-    progress = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})
-    lr.after_step(progress.step)
-    return progress
-
-
 def _mean_loss(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> float:
     """The epoch's mean training loss so far (a host sync); ``Diverged`` when it is not finite."""
     mean_loss = loss_sum.item() / seen
@@ -309,8 +295,11 @@ def _mean_loss(loss_sum: torch.Tensor, seen: int, epoch: int, step: int) -> floa
 def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _LrSteps, bar,
                  progress: Progress, epoch: int, device: str, precision: str | None = None) -> dict:
     """Train one epoch; counts it into ``progress`` and returns its metrics: the mean training loss
-    (checked every ``CHECK_EVERY`` steps and at the end), the lr of its last step and the fraction
-    of its time its steps waited for their batches."""
+    (checked every ``CHECK_EVERY`` steps and at the end; with the method's ``extra_loss``), the lr of
+    its last step and the fraction of its time its steps waited for their batches. The method's
+    ``after_step`` follows every optimizer step."""
+    method = methods.get(model.peft_method)
+    extra_loss = functools.partial(method.extra_loss, model)
     lr.start_epoch(epoch)
     model.train()
     epoch_start = time.perf_counter()
@@ -321,9 +310,10 @@ def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _
         data_wait += time.perf_counter() - ready  # time the step waited for its batch
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
         lr_used = optimizer.param_groups[0]["lr"]
-        loss_sum += train_step(step_fn, optimizer, x, y, device, precision).float() * y.numel()
+        loss_sum += train_step(step_fn, optimizer, x, y, device, precision, extra_loss).float() * y.numel()
         seen += y.numel()
         progress.step += 1
+        method.after_step(model, progress.step)
         lr.after_step(progress.step)
         bar.update(1)
         if i % CHECK_EVERY == 0 or i == steps_per_epoch:
@@ -362,8 +352,9 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
     wall_start = start_measuring(device)
     _to_device(model, device)
     method = methods.get(model.peft_method)
-    if method.needs_training_data:  # GPS: choose what trains from a pass over this fit's training split only
-        batches = _loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.workers, device)
+    if method.needs_training_data:  # GPS, SPT: choose what trains from a pass over this fit's training split only
+        # shuffled by the fit's seed (GPS), or in the split's order (SPT's SequentialSampler)
+        batches = _loader(train_ds, cfg.batch_size, not method.select_in_order, cfg.seed, cfg.workers, device)
         method.select(model, ((x.to(device), torch.as_tensor(y).to(device)) for x, y in batches), cfg.seed)
     features = head_only(model)
     extract_seconds = 0.0
@@ -371,10 +362,14 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
         train_ds, eval_ds, extract_seconds = _feature_cache(model, train_ds, eval_ds, cfg)
     step_fn = _step_fn(model, cfg, features)
     loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, 0 if features else cfg.workers, device)
+    method.begin_fit(model, cfg.epochs * len(loader))  # AdaLoRA: its budget schedule spans the fit's steps
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     lr = _LrSteps(optimizer, cfg, len(loader))
-    progress = (_resume(cfg.checkpoint, model, optimizer, loader.generator, lr, cfg.epochs, len(loader))
-                or Progress(train_seconds=extract_seconds))
+    progress = resume(cfg.checkpoint, model, optimizer, loader.generator, cfg.epochs, len(loader),
+                      functools.partial(method.load_fit_state, model))
+    if progress is not None:
+        lr.after_step(progress.step)  # the lr of the step after the saved ones
+    progress = progress or Progress(train_seconds=extract_seconds)
     result = FitResult(history=progress.history)
     bar = tqdm(total=cfg.epochs * len(loader), initial=progress.step, desc=cfg.desc or "train", leave=False,
                disable=None, dynamic_ncols=True)
@@ -388,7 +383,7 @@ def fit(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, eval_ds: Dataset 
                 bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", acc=f"{result.eval_acc:.1f}")
             progress.history.append(metrics)
             if cfg.checkpoint and epoch < cfg.epochs - 1:
-                save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, progress)
+                save_checkpoint(cfg.checkpoint, model, optimizer, loader.generator, progress, method.fit_state(model))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     finally:

@@ -14,9 +14,12 @@ decay for 1-d tensors, ``.bias`` names and ``model.no_weight_decay()`` (``pos_em
 Methods whose official optimizer differs override it (rlrr, vpt) and say why with its source.
 ``decays_backbone(name)`` tells whether a method decays anything besides the head.
 
-A method whose official code picks what trains from a pass over the training data (GPS) sets
+A method whose official code picks what trains from a pass over the training data (GPS, SPT) sets
 ``needs_training_data``; ``bench.train.fit`` then hands its ``select`` the fit's training split (and
 only that) once, before the optimizer is built. ``apply`` alone still gives a model that trains.
+With ``count_from_data`` (SPT) the selection also decides which tensors exist and so the trainable
+count (bounded by the method's budget hyperparameter); ``apply`` then builds a documented,
+deterministic placeholder selection, and a fit records the count its selection gave.
 """
 from __future__ import annotations
 
@@ -95,7 +98,7 @@ class Method:
     help: dict[str, str] = {}  # hyperparameter -> one-line description
     decays_backbone: bool = True  # does ``decays`` hold for any trainable tensor besides the head?
     group: str = "core"  # core (the design's seven), baselines (the reviewers' rows), peft (HF peft tuners)
-    #                      or vision (issue 31: adapter_plus, dtl, gps)
+    #                      or vision (issue 31: adapter_plus, dtl, gps, spt_lora, spt_adapter)
     families: tuple[str, ...] | None = None  # backbone families it runs on (None: every family)
     identity_at_init: bool = False  # with its defaults the adapted model equals the backbone at init (bench.testing checks it)
     trains_backbone: str = ""  # regex of the backbone tensors the method trains itself (full ".*", bitfit ".*bias.*")
@@ -159,10 +162,21 @@ class Method:
             return True
         return not (param.ndim <= 1 or name.endswith(".bias") or name in model.no_weight_decay())
 
-    # -- a pass over the training data before training (GPS) --------------------------------
+    # -- a pass over the training data before training (GPS, SPT) ---------------------------
     # True for methods whose official code chooses what trains from a pass over the training data
     # (GPS's gradient-based selection): ``bench.train.fit`` then calls ``select`` once per fit.
     needs_training_data: bool = False
+    # True when ``select`` decides which tensors exist, not only what they stand for (SPT's sensitivity
+    # pass: which matrices get a LoRA or adapter, how many single entries train): it may add, replace
+    # and remove the method's own modules and tensors, so the trainable count is the selection's,
+    # decided by the data and bounded by the method's budget hyperparameter, and may differ between
+    # seeds (the same model, data and seed still give the same count). ``apply`` alone builds a
+    # documented, deterministic placeholder selection that trains; ``bench methods`` shows its count
+    # marked as such; a fit's records hold the count of its model after selection and training.
+    count_from_data: bool = False
+    # True when ``select`` reads the split in its own order (the official pass uses a
+    # ``SequentialSampler``: SPT) rather than in the fit loader's seeded shuffle (GPS's training loader).
+    select_in_order: bool = False
 
     def select(self, model: nn.Module, batches: Iterable, seed: int) -> None:
         """Choose, in place, which parts of ``model`` (as ``apply`` returned it) train, from one pass
@@ -171,10 +185,49 @@ class Method:
         the model to its device and before it builds the optimizer, with the split it trains on and
         nothing else: no validation or test data reaches a selection. ``seed`` is the fit's seed, for
         the pass's own randomness (e.g. augmented views); the same model, batches and seed give the
-        same selection. A selection keeps the trainable tensors, their shapes and so the trainable
-        count of ``apply`` (the budget), and changes no frozen weight; it only decides what the
-        trainable tensors stand for (e.g. which weight entries). Only for ``needs_training_data``."""
+        same selection. A selection changes no frozen weight. Without ``count_from_data`` it keeps the
+        trainable tensors, their shapes and so the trainable count of ``apply`` (the budget): it only
+        decides what the trainable tensors stand for (e.g. which weight entries); with it, it rebuilds
+        the method's own tensors (new ones on the model's device, in the model's train/eval mode) and
+        the count is whatever the selection gives. Only for ``needs_training_data``."""
         raise NotImplementedError(f"{self.name} does not select from training data")
+
+    # -- per-step hooks of the training loop (AdaLoRA) ---------------------------------------
+    # For methods whose official training does more than minimise the cross-entropy of the logits:
+    # AdaLoRA prunes its ranks after every optimizer step on a schedule that spans the whole fit, and
+    # adds an orthogonality regulariser to the loss. ``bench.train.fit`` calls all five hooks for every
+    # method (a resumed fit too) and the conformance kit's training step calls the first three; the
+    # defaults do nothing (``extra_loss`` None leaves the loss the cross-entropy itself), so a method
+    # without them trains exactly as it would without the hooks.
+    def begin_fit(self, model: nn.Module, total_steps: int) -> None:
+        """Once per fit, after ``select`` and before the optimizer is built or a checkpoint restored:
+        ``total_steps`` is the number of optimizer steps the whole fit takes (epochs x steps per
+        epoch, the steps a resume skips included), which a schedule over the fit needs (AdaLoRA's
+        ``total_step``: where its budget stops shrinking). Resets what a previous fit left behind."""
+
+    def extra_loss(self, model: nn.Module) -> Any:
+        """A scalar tensor added to every training step's loss before ``backward`` (AdaLoRA's
+        orthogonality regulariser of its singular vectors), or None (the default: nothing added). The
+        fit computes it after the forward, outside the compiled step and outside autocast, so it is
+        the same fp32 term under ``--compile`` and ``--precision bf16``."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After every optimizer step, its gradients still on the tensors: ``step`` counts the fit's
+        optimizer steps so far, this one included (1 .. total_steps; a resumed fit goes on counting).
+        For updates that are not gradient steps (AdaLoRA's importance scores and rank masking)."""
+
+    def fit_state(self, model: nn.Module) -> dict:
+        """What the hooks carry from step to step besides the trainable tensors (AdaLoRA: its
+        importance averages and rank pattern), as tensors and plain values: a fit's checkpoint saves
+        it after each epoch and ``load_fit_state`` restores it, so a resumed fit continues exactly."""
+        return {}
+
+    def load_fit_state(self, model: nn.Module, state: dict) -> None:
+        """Restore what ``fit_state`` returned (after ``begin_fit``); ValueError, changing nothing,
+        when ``state`` does not belong to this model (the checkpoint is then not used)."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state between steps, but the checkpoint holds {sorted(state)}")
 
     # -- adapt / merge ---------------------------------------------------------------------
     def apply(self, model: nn.Module, num_classes: int, **hparams: Any) -> nn.Module:

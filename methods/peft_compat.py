@@ -21,6 +21,14 @@ internals (no public API does it; each is one line below)
     shared tensors;
   - injection leaves the tuner's configs on the model as an attribute ``peft_config``; merge removes
     it, so that the merged model is a plain timm model (``forget_config``);
+  - AdaLoRA (``adalora_*`` below): its rank allocator lives on its tuner model object
+    (``AdaLoraModel.rankallocator``), so that object is kept, outside the module tree
+    (``model.__dict__["peft_tuner"]``: its ``.model`` is the model itself), and its documented
+    ``update_and_allocate(global_step)`` called after each step (``ranknum`` kept frozen on the meta
+    device too: ``adalora_frozen_ranknum``); the allocator's state (its
+    ``ipt``, ``exp_avg_ipt``, ``exp_avg_unc`` dicts and the config's ``rank_pattern``) is read and
+    restored for checkpoints; and the orthogonality regulariser that ``AdaLoraModel.forward`` adds
+    only to a transformers output's ``.loss`` is computed here by the same formula (``adalora_orth_reg``);
   - BOFT's CUDA kernel: peft JIT-compiles it (``torch.utils.cpp_extension.load``, minutes, into the
     user's cache) the first time a BOFT layer is built, and where that fails it silently sets the
     butterfly factor to 1. ``no_boft_kernel`` tells peft the kernel is unavailable before it tries
@@ -33,6 +41,7 @@ line saying what to install.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .surgery import replace_module
@@ -40,6 +49,7 @@ from .surgery import replace_module
 PEFT_REQUIREMENT = "peft>=0.21,<0.22"  # the tested range; pyproject.toml pins the same
 PEFT_SERIES = (0, 21)  # the (major, minor) series that range allows
 ADAPTER = "default"  # peft's adapter name; its tensors are called e.g. ``lora_A.default.weight``
+TUNER = "peft_tuner"  # where a kept tuner object lives on the model (in its __dict__: not a submodule)
 
 
 class PeftUnavailable(ImportError):
@@ -106,20 +116,23 @@ def tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def inject(peft, model: nn.Module, config) -> list[str]:
+def inject(peft, model: nn.Module, config, keep_tuner: bool = False) -> list[str]:
     """Inject ``config``'s tuner layers into ``model`` in place; the sorted paths of the modules peft
-    wrapped."""
+    wrapped. ``keep_tuner``: keep peft's tuner model object on ``model`` (AdaLoRA's rank allocator)."""
     cls = tuner_class(peft, config)
-    if cls.uses_shared_state:  # refused by inject_adapter_in_model: the tuner class itself (see above)
-        cls(model, config, adapter_name=ADAPTER)
+    if cls.uses_shared_state or keep_tuner:  # refused by inject_adapter_in_model: the tuner class itself (see above)
+        tuner = cls(model, config, adapter_name=ADAPTER)
+        if keep_tuner:  # not setattr: a Module attribute would make the model its own grandchild
+            model.__dict__[TUNER] = tuner
     else:
         peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     return sorted(name for name, _ in tuner_layers(model))
 
 
 def forget_config(model: nn.Module) -> None:
-    """Remove the ``peft_config`` attribute injection put on ``model``."""
+    """Remove the ``peft_config`` attribute injection put on ``model`` (and a kept tuner object)."""
     model.__dict__.pop("peft_config", None)
+    model.__dict__.pop(TUNER, None)
 
 
 def merge_and_unload(model: nn.Module) -> None:
@@ -137,3 +150,87 @@ def no_boft_kernel(peft) -> None:
     import importlib
 
     importlib.import_module("peft.tuners.boft.layer")._FBD_CUDA = False
+
+
+# -- AdaLoRA: the rank allocator of the kept tuner object ---------------------------------------
+
+def _adalora(model: nn.Module):
+    tuner = model.__dict__.get(TUNER)
+    if tuner is None or not hasattr(tuner, "rankallocator"):
+        raise RuntimeError("not an AdaLoRA model built by apply (no AdaLoraModel with a rank allocator on it)")
+    return tuner
+
+
+def adalora_frozen_ranknum(model: nn.Module) -> None:
+    """Keep every AdaLoRA layer's ``ranknum`` (its init_r, a constant) frozen: on the meta device
+    peft's move of the adapter to the base layer's device re-wraps it as a new, trainable Parameter
+    (on a real device the move returns the frozen one), which ``bench methods`` would count."""
+    for name, p in model.named_parameters():
+        if f".ranknum.{ADAPTER}" in name:
+            p.requires_grad_(False)
+
+
+def adalora_config(model: nn.Module):
+    """The ``AdaLoraConfig`` the model's rank allocator follows (``total_step``, ``tinit`` ...)."""
+    return _adalora(model).peft_config[ADAPTER]
+
+
+def adalora_schedule(model: nn.Module, total_step: int, tinit: int, tfinal: int) -> None:
+    """Set the budget schedule of a new fit (peft's config fields, which its allocator reads) and
+    forget what a previous fit left: importance scores and rank pattern."""
+    tuner = _adalora(model)
+    config = tuner.peft_config[ADAPTER]
+    config.total_step, config.tinit, config.tfinal, config.rank_pattern = total_step, tinit, tfinal, None
+    tuner.rankallocator.reset_ipt()
+
+
+def adalora_update(model: nn.Module, global_step: int) -> None:
+    """peft's ``AdaLoraModel.update_and_allocate(global_step)``: importance scores from the
+    gradients, then the budget's masking of the singular values (``lora_E``) as scheduled."""
+    _adalora(model).update_and_allocate(global_step)
+
+
+def adalora_orth_reg(model: nn.Module) -> torch.Tensor:
+    """``orth_reg_weight`` x the mean over every ``lora_A`` and ``lora_B`` of ||P P^T - I||_F
+    (A: P P^T; B: P^T P): the term ``AdaLoraModel.forward`` adds to a transformers output's loss,
+    by the same formula in the same order (a test compares the two)."""
+    weight = adalora_config(model).orth_reg_weight
+    total, count = 0, 0
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and ADAPTER in name:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            total += torch.norm(cov - torch.eye(*cov.size(), out=torch.empty_like(cov)), p="fro")
+            count += 1
+    return weight * (total / count)
+
+
+_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # the allocator's dicts: parameter name -> tensor
+
+
+def adalora_state(model: nn.Module) -> dict:
+    """The allocator's state between steps, as tensors and plain values (on the CPU)."""
+    tuner = _adalora(model)
+    allocator = tuner.rankallocator
+    state = {key: {n: t.detach().cpu() for n, t in getattr(allocator, key).items()} for key in _SCORES}
+    state["rank_pattern"] = tuner.peft_config[ADAPTER].rank_pattern
+    return state
+
+
+def load_adalora_state(model: nn.Module, state: dict) -> None:
+    """Restore ``adalora_state``; ValueError, changing nothing, when it does not fit ``model``."""
+    tuner = _adalora(model)
+    params = dict(model.named_parameters())
+    if set(state) != {*_SCORES, "rank_pattern"}:
+        raise ValueError(f"AdaLoRA state with keys {sorted(state)}")
+    for key in _SCORES:
+        scores = state[key]
+        if not isinstance(scores, dict) or any(n not in params or not isinstance(t, torch.Tensor)
+                                               or t.shape != params[n].shape for n, t in scores.items()):
+            raise ValueError(f"AdaLoRA {key} of other tensors")
+    pattern = state["rank_pattern"]
+    if pattern is not None and not (isinstance(pattern, dict) and all(
+            n in params and isinstance(r, list) and len(r) == params[n].shape[0] for n, r in pattern.items())):
+        raise ValueError("an AdaLoRA rank pattern of other tensors")
+    for key in _SCORES:
+        setattr(tuner.rankallocator, key, {n: t.to(params[n].device) for n, t in state[key].items()})
+    tuner.peft_config[ADAPTER].rank_pattern = pattern

@@ -24,10 +24,10 @@ there and checked by tests/test_peft_tuners.py):
   (timm's, ``Method.decays``): tensors stored as matrices are decayed (LoRA factors ...), vectors are
   not (DoRA magnitudes, VeRA lambdas, FourierFT coefficients ...), and vectors that peft stores as
   (n, 1) / (1, n) matrices are not either (``no_decay``: IA3's scales, BEFT's biases, BOFT's output
-  scales, RandLoRA's stacked diagonal scalings). Most such vectors are multiplicative scales or
-  norms whose decay would pull the layer towards zero output rather than towards the pretrained
-  model; this is how our LoRA, adapters and SSF are decayed, so methods differ by what they add, not
-  by their optimizer.
+  scales, RandLoRA's stacked diagonal scalings, AdaLoRA's singular values). Most such vectors are
+  multiplicative scales or norms whose decay would pull the layer towards zero output rather than
+  towards the pretrained model; this is how our LoRA, adapters and SSF are decayed, so methods differ
+  by what they add, not by their optimizer.
 - the meta device (``bench methods`` counts every method on a meta backbone): a tuner whose
   initialisation reads weight values without changing any shape (PiSSA's SVD, SHiRA's mask) takes
   its ``meta`` settings there (shapes only; a test checks the meta count equals the real one).
@@ -46,7 +46,11 @@ counts it changes (ours / the paper's placement on ViT-B/16):
   "value"]``): 12 x n = 12,000 / 2 x 12 x n = 24,000 at n = 1000 (72,000 at the paper's n = 3000);
 - beft (peft's ``BeftModel``: the value projections' biases): 12 x 2304 = 27,648 / 12 x 768 = 9,216.
 
-AdaLoRA, AdaMSS, FRoD and the prompt-learning types are not registered; ``REFUSED`` says why.
+AdaLoRA trains through the fit's per-step hooks (``Method.begin_fit``, ``extra_loss``, ``after_step``:
+its row's ``steps``, ``AdaLoraSteps``): its rank budget is scheduled over the fit's real step count,
+peft's ``update_and_allocate`` runs after every optimizer step, and its orthogonality regulariser is
+added to the loss (peft adds it only to a transformers output's ``.loss``). AdaMSS, FRoD and the
+prompt-learning types are not registered; ``REFUSED`` says why.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from . import peft_compat
 from ._checks import check_choice, check_float, check_int
 from .base import Method, register
 from .errors import Unsupported
-from .families import FC2, NORM1, NORM2, QKV, Layout, layout_of
+from .families import BLOCK_LINEARS, FC2, NORM1, NORM2, QKV, Layout, layout_of
 from .peft_compat import (  # noqa: F401  (the names other modules import from here)
     ADAPTER,
     PEFT_REQUIREMENT,
@@ -133,7 +137,9 @@ class Tuner:
     decayed). meta: config attributes set on the meta device (shapes only). fits: further bounds
     that depend on the backbone (``check_fits``). trains_backbone: regex of the backbone tensors it
     trains (a trained copy of them: LN tuning), for the conformance kit (``bench.testing``). note:
-    where it deviates from peft's defaults or the paper, in a sentence (``Method.deviations``).
+    where it deviates from peft's defaults or the paper, in a sentence (``Method.deviations``). steps:
+    a class whose per-step hooks the method takes (``AdaLoraSteps``), for tuners trained by more than
+    a loss and an optimizer step.
     """
 
     name: str
@@ -157,6 +163,7 @@ class Tuner:
     fits: Callable[[str, dict, Layout], None] | None = None
     trains_backbone: str = ""
     note: str = ""
+    steps: type | None = None  # a mixin with the per-step hooks its training needs (``Method.begin_fit`` ...)
 
 
 def _rank(default: int, space: tuple = (), help: str = "") -> Hp:
@@ -206,6 +213,50 @@ def _shira_fits(name: str, hp: dict, layout: Layout) -> None:
 def _even_rank(name: str, hp: dict, layout: Layout) -> None:
     if hp["rank"] % 2:
         raise ValueError(f"{name}: rank must be even (its initialisation pairs the reflections), got {hp['rank']}")
+
+
+def _adalora_fits(name: str, hp: dict, layout: Layout) -> None:
+    check_int(name, hp, "target_r", 1, hp["init_r"], why="the budget shrinks from init_r")
+    if hp["tinit_frac"] + hp["tfinal_frac"] >= 1:
+        raise ValueError(f"{name}: tinit_frac + tfinal_frac must be below 1 (the budget shrinks in between), "
+                         f"got {hp['tinit_frac']} + {hp['tfinal_frac']}")
+
+
+class AdaLoraSteps:
+    """AdaLoRA's training through the fit's per-step hooks (``Method.begin_fit`` ...): peft's rank
+    allocator (kept with its ``AdaLoraModel``, ``peft_compat``) scheduled over the fit's real number of
+    steps, peft's ``update_and_allocate`` after every optimizer step, and the orthogonality
+    regulariser in the loss (peft adds it only to a transformers output's ``.loss``)."""
+
+    keep_tuner = True
+
+    def _adapt(self, model: nn.Module, **hp: Any) -> None:
+        super()._adapt(model, **hp)
+        peft_compat.adalora_frozen_ranknum(model)
+        peft_compat.adalora_config(model).total_step = None  # no schedule before begin_fit (after_step refuses)
+
+    def begin_fit(self, model: nn.Module, total_steps: int) -> None:
+        """The budget: ``init_r`` per matrix for the first ``tinit_frac`` of the steps, shrinking
+        cubically to ``target_r`` on average until the last ``tfinal_frac`` (floors of the fractions)."""
+        hp = model.peft_hparams
+        peft_compat.adalora_schedule(model, total_steps, int(hp["tinit_frac"] * total_steps),
+                                     int(hp["tfinal_frac"] * total_steps))
+
+    def extra_loss(self, model: nn.Module):
+        return peft_compat.adalora_orth_reg(model) if model.peft_hparams["orth_reg_weight"] else None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if peft_compat.adalora_config(model).total_step is None:
+            raise RuntimeError(f"{self.name}: begin_fit(model, total_steps) must come before after_step: the rank "
+                               f"budget is scheduled over the fit's steps")
+        # the official trainers pass their global_step before its increment: the steps before this one
+        peft_compat.adalora_update(model, step - 1)
+
+    def fit_state(self, model: nn.Module) -> dict:
+        return peft_compat.adalora_state(model)
+
+    def load_fit_state(self, model: nn.Module, state: dict) -> None:
+        peft_compat.load_adalora_state(model, state)
 
 
 _PEFT_DEFAULTS = "peft 0.21's {} defaults and docstring"
@@ -394,10 +445,20 @@ TUNERS: list[Tuner] = [
         "GLoRA (Chavan et al., 2023): W' = W + W * A + B, b' = b + b * D + E + W C, A, B and C rank-r products "
         "(one factor kaiming-uniform, the other zero), D and E scalars (zero): the update is zero at init",
         _PEFT_DEFAULTS.format("GloraConfig") + " (r = 8; A, B and C low-rank, D and E constants); the paper's "
-        "evolutionary search over per-layer parameterisations is not done (peft fixes one)",
+        "evolutionary search over per-layer parameterisations is not done (peft fixes one). Checked against the "
+        "official code, Arnav0400/ViT-Slim@0fed674 GLoRA/layer.py (SuperScalableLinear with A, B, C 'LoRA_r' and "
+        "D, E 'constant'), by benchmarks/official/glora.py on a checkout of it (docs/measurements.md); "
+        "tests/test_glora.py checks the paper's equations",
         {"rank": _rank(8, (4, 8, 16, 32))},
         fixed={"config_A_B": "lora", "config_C": "lora", "config_D_E": "constant"},
-        note='no per-layer search of the parameterisation (peft fixes one)',
+        note="official code Arnav0400/ViT-Slim@0fed674 GLoRA/layer.py (benchmarks/official/glora.py --repo on a "
+             "checkout: same outputs for the same tensors, 6.0e-7 max on fp32 logits, and the same count per layer "
+             "under peft's one configuration; docs/measurements.md); no per-layer search of the parameterisation "
+             "(the official supernet samples one of 432 per forward, then an evolutionary search fixes one per layer "
+             "under a parameter budget); only the fused "
+             "qkv adapted (the official code adapts every block Linear, qkv, proj, fc1 and fc2: 2,875,872 parameters "
+             "on ViT-B/16 at r = 8 in this configuration, against 663,672); the non-zero factor of each product "
+             "kaiming-uniform (peft) where the official code draws it xavier-uniform",
     ),
     Tuner(
         "delora", "DELORA", "DeloraConfig",
@@ -629,6 +690,48 @@ TUNERS: list[Tuner] = [
         targets=(NORM1, NORM2), outer=("final_norm", "extra_norms"), decays=False,
         trains_backbone=r"(.+\.)?(norm|norm1|norm2|fc_norm|norm_pre)\.(weight|bias)",
     ),
+    # -- adaptive rank: trained through the fit's per-step hooks --------------------------------
+    Tuner(
+        "adalora", "ADALORA", "AdaLoraConfig",
+        "Zhang et al., AdaLoRA, ICLR 2023",
+        "AdaLoRA (Zhang et al., ICLR 2023): W' = W + (alpha / init_r) P diag(E) Q on every block Linear (the fused "
+        "qkv, attn.proj, fc1, fc2), P and Q normal(0, 0.02), E zero; after every optimizer step an EMA of each "
+        "weight's |w x grad| and of its uncertainty scores the (P, E, Q) triplets, and the lowest-scored "
+        "singular values E are masked to a budget that falls cubically from init_r to target_r per matrix on "
+        "average; the loss adds orth_reg_weight x the mean ||P^T P - I||_F, ||Q Q^T - I||_F",
+        "the official code, QingruZhang/AdaLoRA@d10f5eb: its README quickstart and SQuAD example (lora_r 12, "
+        "target_rank 8, mask_interval 10, beta1 = beta2 = 0.85, reg_orth_coef 0.1, lora_alpha 16), whose ranks and "
+        "betas are peft's AdaLoraConfig defaults; the search tries its NLU/scripts' reg_orth_coef 0.1 and 0.3 and "
+        "lora_alpha 16 and 32, and target_r 2, 4, 8 with init_r = 1.5 target_r (the ratio of 12 / 8); every Linear "
+        "of a block as its --lora_module (query, key, value, attention.output, intermediate, layer.output); its "
+        "warmups as fractions of its runs (README 500 and 1500 of 3000 steps, SQuAD 50 and 100 of 300, GLUE scripts "
+        "9-18 % and 44-58 %; medians 15 % and 48 %): tinit_frac 0.15, tfinal_frac 0.5",
+        {"target_r": Hp(8, "average rank the budget ends at (integer >= 1, at most init_r)", space=(2, 4, 8)),
+         "init_r": Hp(12, "rank every matrix starts with, the trainable tensors' rank (integer >= 1, at most the width)",
+                      width=True),
+         "alpha": _alpha(16, "the update is scaled by alpha / init_r (number > 0)", space=(16, 32), peft="lora_alpha"),
+         "orth_reg_weight": Hp(0.1, "weight of the orthogonality regulariser in the loss (number >= 0)", kind="float",
+                               lo=0, space=(0.1, 0.3)),
+         "tinit_frac": Hp(0.15, "fraction of the fit's steps before the budget starts to shrink (number in [0, 1))",
+                          kind="float", lo=0, hi=1, hi_open=True, peft=None),
+         "tfinal_frac": Hp(0.5, "fraction of the fit's steps at the end trained at the final budget (number in [0, 1))",
+                           kind="float", lo=0, hi=1, hi_open=True, peft=None),
+         "deltaT": Hp(10, "optimizer steps between two budget allocations (integer >= 1)"),
+         "beta1": Hp(0.85, "EMA coefficient of the importance (number in (0, 1))", kind="float", lo=0, lo_open=True,
+                     hi=1, hi_open=True),
+         "beta2": Hp(0.85, "EMA coefficient of its uncertainty (number in (0, 1))", kind="float", lo=0, lo_open=True,
+                     hi=1, hi_open=True)},
+        # total_step, tinit, tfinal: placeholders peft's config check accepts; begin_fit sets the fit's own
+        fixed={"total_step": 1, "tinit": 0, "tfinal": 0}, derived={"init_r": lambda hp: 3 * hp["target_r"] // 2},
+        targets=BLOCK_LINEARS, no_decay=r"\.lora_E\.", fits=_adalora_fits, steps=AdaLoraSteps,
+        note="q, k and v share one SVD update (timm's fused qkv) where the paper gives W_q, W_k and W_v each their own "
+             "triplets and budget; tinit and tfinal are fractions of the fit's steps (tinit_frac 0.15, tfinal_frac 0.5), "
+             "not the official scripts' step counts, as fits here differ in length; the regulariser is computed in fp32 outside "
+             "autocast (the official GLUE runs are fp32 throughout); the singular values E, stored (r, 1), are not "
+             "weight-decayed (the project's rule for vectors; the official Trainer decays them); orth_reg_weight 0.1 "
+             "and alpha 16 (the official scripts) where peft's defaults are 0.5 and 8; the budget masks E but keeps "
+             "the init_r tensors training, so the trainable count is init_r's",
+    ),
 ]
 
 # peft types that no method uses, and why: a ViT cannot take them, or they would silently misbehave here
@@ -652,15 +755,10 @@ REFUSED: dict[str, str] = {
     "TRAINABLE_TOKENS": "trains rows of a token-embedding matrix; a ViT has no token embedding",
     "SHADOW": "ShadowPEFT: wraps the decoder blocks of a decoder-only transformers language model and rides its "
               "decoder loop",
-    "ADALORA": "AdaLoRA's rank allocation needs update_and_allocate(step) after every optimizer step and the total "
-               "step count in its config; the training loop (bench/train.py) has no per-step hook and apply() does "
-               "not know the step count, and its orthogonality regulariser is added only to a transformers output's "
-               ".loss (AdaLoraModel.forward), which a timm model does not return: it would silently train as a "
-               "fixed-rank SVD-LoRA",
     "ADAMSS": "AdaMSS's initialisation clusters each weight's singular vectors (scikit-learn KMeans) and sizes its "
               "per-subspace tensors by the clusters (40, 87, 14, 112 and 35 rows on one demo qkv), so their shapes "
-              "depend on the weights' values and it cannot be built on the meta device bench methods counts on; "
-              "its ASA variant needs a per-step update_and_allocate hook the training loop does not have",
+              "depend on the weights' values and it cannot be built on the meta device bench methods counts on "
+              "(its ASA variant's per-step update_and_allocate would go through Method.after_step, as AdaLoRA's)",
     "FROD": "FRoD's pre-injection step jointly decomposes the values of all targeted weights (on the CPU), which no "
             "option skips, so it cannot be built on the meta device bench methods counts on",
 }
@@ -707,6 +805,7 @@ class PeftTuner(Method):
     mergeable = True
     targets: tuple[str, ...] = (QKV,)  # block-relative module names (methods.families constants)
     outer: tuple[str, ...] = ()
+    keep_tuner = False  # keep peft's tuner model object on the model (``AdaLoraSteps``: its rank allocator)
 
     # -- hyperparameters ---------------------------------------------------------------------
     def _check(self, hp: dict) -> None:
@@ -782,7 +881,7 @@ class PeftTuner(Method):
         with warnings.catch_warnings():
             # peft asks every module it wraps for in/out features, which a LayerNorm (LN tuning) has not
             warnings.filterwarnings("ignore", message=r"Unsupported layer type .*LayerNorm", category=UserWarning)
-            wrapped = peft_compat.inject(peft, model, config)
+            wrapped = peft_compat.inject(peft, model, config, keep_tuner=self.keep_tuner)
         if wrapped != sorted(targets.all):
             raise RuntimeError(f"peft wrapped {wrapped}, expected exactly {sorted(targets.all)}")
 
@@ -816,7 +915,7 @@ def make(row: Tuner) -> type[PeftTuner]:
         "decays_backbone": row.decays,
         "width_bounded": tuple(k for k, spec in row.hparams.items() if spec.width),
     }
-    return type(label, (PeftTuner,), attrs)
+    return type(label, ((row.steps,) if row.steps else ()) + (PeftTuner,), attrs)
 
 
 for _row in TUNERS:

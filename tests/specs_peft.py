@@ -50,6 +50,12 @@ VIT_B_COUNTS: list[tuple[str, dict, int]] = [
     ("osf", {}, 14_160_384),     # 12 x (2304 x 384 + 384 + 384 x 768): half of rank 768 trained
     # LayerNorms, not Linears: norm1 and norm2 of 12 blocks and the final norm
     ("ln_tuning", {}, 38_400),   # 25 x 2 x 768
+    # AdaLoRA on every block Linear (qkv 768 -> 2304, proj 768 -> 768, fc1 768 -> 3072, fc2 3072 -> 768): the
+    # tensors it trains, at init_r = 12 (A 12 x in, E 12 x 1, B out x 12), fixed for the whole fit; the budget
+    # masks singular values (E entries) down to target_r = 8 per matrix on average without removing any tensor:
+    # 12 x (12 x (3072 + 1536 + 3840 + 3840) + 4 x 12) = 12 x 147,504; at the final budget, 8 of 12 triplets kept
+    # on average, the non-zero update has about 2/3 of that (1,180,032 if every matrix kept 8)
+    ("adalora", {}, 1_770_048),
 ]
 # method -> regex of the names of its trainable tensors besides the head, on the demo ViT
 _QKV = r"blocks\.\d+\.attn\.qkv\."
@@ -88,6 +94,7 @@ TRAINABLE: dict[str, str] = {
     "miss": _QKV + r"miss_block\.default",
     "osf": _QKV + r"osf_svd_params\.default\.(U_low|S_low|V_low)",
     "ln_tuning": r"(blocks\.\d+\.norm[12]|norm)\.ln_tuning_layers\.default\.(weight|bias)",
+    "adalora": r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.lora_[AEB]\.default",
 }
 # (method, hparams) of modes besides the defaults, tested like the defaults
 EXTRA_CONFIGS: list[tuple[str, dict]] = [("lokr", {"factor": 4}), ("road", {"variant": "road_4"})]
@@ -134,6 +141,8 @@ DECAY_SPLIT: dict[str, tuple[int, int]] = {
     "miss": (36_864 + 960, 10),          # 4 x 32 x 288
     "osf": (73_728 + 960, 192 + 10),     # 4 x (288 x 48 + 48 x 96) U, V; 4 x 48 S
     "ln_tuning": (960, 1_728 + 10),      # 9 norms x 2 x 96
+    "adalora": (73_728 + 960, 192 + 10),  # A, B: 4 x 12 x ((96 + 288) + (96 + 96) + 2 x (96 + 384)); E, stored
+                                          # (12, 1): 4 x 4 x 12, not decayed
 }
 # methods whose trainable tensors start from constants (or from the weights alone), whatever the seed
 # (like full and linear in test_methods.test_head_init_depends_on_the_seed_only): IA3's scales are

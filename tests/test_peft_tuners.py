@@ -6,9 +6,10 @@ particular to the bridge: every peft type is registered or refused with a reason
 internals we rely on (peft_compat) still behave as we use them; meta counts equal real ones;
 identity at init as each row states it; seeded reproducibility (VeRA's shared projections and
 FourierFT's locations included); the tuners with a mechanism of their own (OSF's gradient
-projection, Lily's shared B's, PVeRA's sampling, BOFT without its JIT kernel); that a further peft
-tuner is one table row; merge back to the plain timm model; a clear line when peft is missing or of
-another version, no network, lazy import.
+projection, Lily's shared B's, PVeRA's sampling, BOFT without its JIT kernel); AdaLoRA trained
+through the fit's per-step hooks against peft's own documented loop (equal tensors, the same rank
+budget), its regulariser and merge; that a further peft tuner is one table row; merge back to the
+plain timm model; a clear line when peft is missing or of another version, no network, lazy import.
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def perturb(model, std=0.1):
                 p.add_(std * torch.randn_like(p))
 
 
+def bare_config(peft, row):
+    """The row's peft config class with its fixed fields only (AdaLoRA's needs a total_step)."""
+    return peft_compat.config_class(peft, row.config)(**row.fixed)
+
+
 def state(model):
     """Every tensor of the model (buffers too, persistent or not) and the tensors peft keeps in plain
     dicts on its layers (FourierFT's, WaveFT's and SHiRA's locations)."""
@@ -99,7 +105,7 @@ def test_every_peft_type_is_registered_or_refused_with_a_reason(peft):
     for name in ("glora", "oft", "boft", "hra", "vblora", "randlora", "c3a", "delora", "road", "shira", "waveft",
                  "ln_tuning", "pissa", "olora", "rslora"):
         assert name in methods.names() and methods.get(name).group == "peft"
-    assert catalog["ADALORA"].startswith("refused: AdaLoRA's rank allocation needs update_and_allocate")
+    assert catalog["ADALORA"] == "registered as adalora"  # trained through Method's per-step hooks
 
 
 @pytest.mark.parametrize("peft_type", sorted(peft_tuners.REFUSED))
@@ -121,14 +127,14 @@ def test_methods_for_a_registered_and_an_unknown_type():
 def test_each_row_names_peft_s_own_type_config_and_hyperparameters(peft, name):
     row = ROWS[name]
     cls = peft_compat.config_class(peft, row.config)
-    assert cls().peft_type.name == row.peft_type
+    assert bare_config(peft, row).peft_type.name == row.peft_type
     fields = set(inspect.signature(cls).parameters)
     passed = {spec.peft or key for key, spec in row.hparams.items() if spec.peft is not None} | set(row.fixed) | set(row.seeds)
     assert passed <= fields, passed - fields
     method = methods.get(name)
     assert row.paper and row.what and row.source and method.group == "peft"
     assert type(method).__doc__.startswith(row.what) and method.paper == row.paper
-    assert method.code == f"huggingface/peft 0.21 ({peft_compat.tuner_class(peft, cls()).__name__})"
+    assert method.code == f"huggingface/peft 0.21 ({peft_compat.tuner_class(peft, bare_config(peft, row)).__name__})"
 
 
 # -- what we rely on in peft (peft_compat): it fails here, loudly, when peft changes it --------
@@ -141,7 +147,7 @@ def test_the_public_peft_api_we_use(peft):
     assert "safe_merge" in inspect.signature(BaseTunerLayer.merge).parameters
     assert callable(BaseTunerLayer.get_base_layer)
     for row in peft_tuners.TUNERS:
-        config = peft_compat.config_class(peft, row.config)()
+        config = bare_config(peft, row)
         assert issubclass(peft_compat.tuner_class(peft, config), peft.tuners.tuners_utils.BaseTuner)
         assert isinstance(peft_compat.tuner_class(peft, config).uses_shared_state, bool)
 
@@ -150,7 +156,7 @@ def test_shared_state_tuners_need_the_tuner_class(peft, vit):
     """``inject_adapter_in_model`` refuses tuners with shared state (hence peft_compat's fallback); the
     others go through it."""
     shared = sorted(row.name for row in peft_tuners.TUNERS
-                    if peft_compat.tuner_class(peft, peft_compat.config_class(peft, row.config)()).uses_shared_state)
+                    if peft_compat.tuner_class(peft, bare_config(peft, row)).uses_shared_state)
     assert shared == ["pvera", "tinylora", "unilora", "vblora", "vera"]
     config = peft.VeraConfig(target_modules=["blocks.0.attn.qkv"])
     with pytest.raises(ValueError, match="shared state"):
@@ -536,3 +542,167 @@ def test_run_without_the_tested_peft_is_one_line_before_anything_is_written(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dora is tested with peft>=0.21,<0.22" in err and "found peft 0.99.0" in err
     assert not out.exists()
+
+
+# -- AdaLoRA: peft's rank allocator, driven by the fit's per-step hooks ----------------------
+
+class _WithLoss(torch.nn.Module):
+    """A timm model with the output peft's ``AdaLoraModel.forward`` expects of a transformers model:
+    one with ``.loss`` (the cross-entropy), to which peft adds its orthogonality regulariser."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, labels):
+        return type("Output", (), {"loss": F.cross_entropy(self.model(x), labels)})()
+
+
+def peft_adalora(peft, vit, seed, total_step, tinit, tfinal, **hp):
+    """peft's own AdaLoRA as its docs use it (``AdaLoraModel`` on a model with ``.loss``), on a copy of
+    ``vit`` with a 10-class head, built under ``seed`` in the order apply builds ours; (model, tuner)."""
+    hp = methods.get("adalora").resolve(**hp)
+    torch.manual_seed(seed)
+    base = copy.deepcopy(vit).requires_grad_(False)
+    base.reset_classifier(10)
+    config = peft.AdaLoraConfig(
+        target_modules=r"model\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)", init_r=hp["init_r"],
+        target_r=hp["target_r"], lora_alpha=hp["alpha"], deltaT=hp["deltaT"], beta1=hp["beta1"], beta2=hp["beta2"],
+        orth_reg_weight=hp["orth_reg_weight"], total_step=total_step, tinit=tinit, tfinal=tfinal)
+    tuner = peft.AdaLoraModel(_WithLoss(base), config, "default")
+    base.head.requires_grad_(True)
+    base.peft_method = "adalora"  # for make_optimizer: the same weight decay groups as ours
+    return base, tuner
+
+
+def _adalora_data():
+    g = torch.Generator().manual_seed(4)
+    return torch.utils.data.TensorDataset(torch.randn(24, 3, 32, 32, generator=g), torch.arange(24) % 10)
+
+
+@pytest.fixture(scope="module")
+def adalora_fits(peft, vit):
+    """Our adalora trained by ``bench.train.fit`` (4 epochs x 4 steps, a budget allocation every other
+    step) and peft's, from the same seed, trained by the loop of peft's docs on the same batches."""
+    from bench import train
+
+    ours = applied("adalora", vit, 5, deltaT=2)
+    init = state(ours)
+    train.fit(ours, _adalora_data(), train.TrainConfig(epochs=4, batch_size=6, lr=3e-2, weight_decay=1e-4, seed=3))
+    # 16 steps: tinit = floor(0.15 x 16) = 2, tfinal = floor(0.5 x 16) = 8
+    base, tuner = peft_adalora(peft, vit, 5, total_step=16, tinit=2, tfinal=8, deltaT=2)
+    assert all(torch.equal(v, init[k]) for k, v in base.state_dict().items()), "not the same model at init"
+    train.seed_everything(3)
+    loader = train._loader(_adalora_data(), 6, True, 3, 0, "cpu")
+    optimizer = train.make_optimizer(base, 3e-2, 1e-4, "cpu")
+    schedule = train.cosine_schedule(optimizer, 3e-2, 16, 0)
+    base.train()
+    step = 0
+    for _ in range(4):
+        for x, y in loader:
+            loss = tuner(x, y).loss  # + orth_reg_weight x the regulariser, added by peft
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tuner.update_and_allocate(step)  # peft's docs: after optimizer.step(), the step counted from 0
+            step += 1
+            schedule.step_update(step)
+    return ours, base, tuner
+
+
+def _ranks(model) -> dict[str, int]:
+    return {n: int((p != 0).sum()) for n, p in model.named_parameters() if ".lora_E." in n}
+
+
+def test_adalora_fit_allocates_the_budget_as_peft_s_own_loop(adalora_fits):
+    """The fit's hooks (the fit's step count as total_step, the regulariser in the loss,
+    update_and_allocate after every step) train exactly as peft's documented loop: equal tensors
+    after 16 steps, the same rank pattern, the target budget of 8 per matrix on average, unevenly."""
+    ours, base, tuner = adalora_fits
+    theirs = base.state_dict()
+    differ = [k for k, v in ours.state_dict().items() if not torch.equal(v, theirs[k])]
+    assert not differ, differ[:3]
+    ranks = _ranks(ours)
+    assert ranks == _ranks(base) and sum(ranks.values()) == 8 * 16 and len(set(ranks.values())) > 1, ranks
+    theirs_pattern = {k.removeprefix("model."): v for k, v in tuner.peft_config["default"].rank_pattern.items()}
+    assert peft_compat.adalora_config(ours).rank_pattern == theirs_pattern  # peft's wrapper adds "model."
+    assert peft_compat.adalora_config(ours).total_step == 16
+
+
+def test_adalora_merges_its_masked_ranks_through_peft(adalora_fits, x):
+    ours = adalora_fits[0].eval()
+    assert any(0 < r < 12 for r in _ranks(ours).values())  # ranks masked by update_and_allocate
+    merged = methods.get("adalora").merge(ours).eval()
+    assert type(merged) is VisionTransformer and not any(peft_tuners.is_tuner_layer(m) for m in merged.modules())
+    assert peft_compat.TUNER not in vars(merged) and not hasattr(merged, "peft_config")
+    with torch.no_grad():
+        diff = (merged(x) - ours(x)).abs().max().item()
+    assert diff <= 1e-4, diff
+
+
+def test_adalora_regulariser_is_the_term_peft_s_forward_adds(peft, vit, x):
+    base, tuner = peft_adalora(peft, vit, 0, total_step=10, tinit=0, tfinal=0)
+    perturb(base)  # as if trained: the factors are no longer near zero
+    ours = applied("adalora", vit, 0)
+    ours.load_state_dict(base.state_dict())
+    labels = torch.arange(len(x)) % 10
+    with torch.no_grad():
+        plain = F.cross_entropy(base(x), labels)
+        assert torch.equal(tuner(x, labels).loss, plain + methods.get("adalora").extra_loss(ours))
+
+
+def test_adalora_regulariser_reaches_the_gradients(vit, x):
+    """At init E = 0, so the cross-entropy gives P and Q no gradient: after ``train_step`` with the
+    method's extra loss their gradients are exactly those of 0.1 x the mean ||P P^T - I||_F."""
+    from bench import train
+
+    method = methods.get("adalora")
+    labels = torch.arange(len(x)) % 10
+    grads = {}
+    for with_extra in (False, True):
+        model = applied("adalora", vit, 0).train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        extra = (lambda m=model: method.extra_loss(m)) if with_extra else None
+        train.train_step(model, optimizer, x, labels, "cpu", extra_loss=extra)
+        grads[with_extra] = {n: p.grad for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+    assert len(grads[True]) == 2 * 16 and all(not g.any() for g in grads[False].values())
+    factors = {n: p for n, p in applied("adalora", vit, 0).named_parameters() if n in grads[True]}
+    norms = [torch.linalg.matrix_norm((p @ p.T if ".lora_A." in n else p.T @ p) - torch.eye(12))
+             for n, p in factors.items()]
+    expected = torch.autograd.grad(0.1 * torch.stack(norms).mean(), list(factors.values()))
+    for (n, _), want in zip(factors.items(), expected):
+        torch.testing.assert_close(grads[True][n], want, rtol=1e-5, atol=1e-8)
+        assert want.abs().max() > 1e-4
+
+
+def test_adalora_keeps_peft_s_tuner_and_allocator_as_we_use_them(peft, vit):
+    """The peft internals peft_compat's AdaLoRA functions use: the tuner object kept outside the
+    module tree (copied with the model), its RankAllocator's score dicts, update_and_allocate's
+    signature and the config fields the schedule sets."""
+    from peft.tuners.adalora import RankAllocator
+
+    method = methods.get("adalora")
+    model = applied("adalora", vit, 0)
+    tuner = vars(model)[peft_compat.TUNER]
+    assert isinstance(tuner, peft.AdaLoraModel) and tuner.model is model
+    assert isinstance(tuner.rankallocator, RankAllocator) and tuner.rankallocator.peft_config is tuner.peft_config["default"]
+    assert not any(m is tuner for m in model.modules()) and not any("peft_tuner" in k for k in model.state_dict())
+    assert vars(copy.deepcopy(model))[peft_compat.TUNER].model is not model
+    assert list(inspect.signature(peft.AdaLoraModel.update_and_allocate).parameters) == ["self", "global_step"]
+    with pytest.raises(RuntimeError, match="begin_fit\\(model, total_steps\\) must come before after_step"):
+        method.after_step(model, 1)
+    method.begin_fit(model, 40)  # floors of 0.15 x 40 and 0.5 x 40
+    config = peft_compat.adalora_config(model)
+    assert (config.total_step, config.tinit, config.tfinal, config.rank_pattern) == (40, 6, 20, None)
+    assert method.fit_state(model) == {"ipt": {}, "exp_avg_ipt": {}, "exp_avg_unc": {}, "rank_pattern": None}
+    F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    method.after_step(model, 1)
+    saved = method.fit_state(model)
+    assert set(saved["exp_avg_ipt"]) == {n for n, _ in model.named_parameters() if ".lora_" in n}
+    bad = dict(saved, rank_pattern={"blocks.0.attn.qkv.lora_E.default": [True]})
+    with pytest.raises(ValueError, match="rank pattern of other tensors"):
+        method.load_fit_state(model, bad)
+    method.begin_fit(model, 40)  # a new fit forgets the scores ...
+    assert tuner.rankallocator.exp_avg_ipt == {}
+    method.load_fit_state(model, saved)  # ... which a resume restores
+    assert all(torch.equal(tuner.rankallocator.exp_avg_unc[n], t) for n, t in saved["exp_avg_unc"].items())

@@ -423,9 +423,9 @@ def test_method_sets_partition_the_registry():
     core, baselines, peft, vision = (spec_mod.parse_methods(g) for g in ("core", "baselines", "peft", "vision"))
     assert core == ["adapter", "full", "linear", "lora", "rlrr", "ssf", "vpt"]  # the design's seven
     assert baselines == ["bitfit", "convpass", "fact_tk", "fact_tt", "repadapter"]
-    assert vision == ["adapter_plus", "dtl", "gps"]
+    assert vision == ["adapter_plus", "dtl", "gps", "spt_adapter", "spt_lora"]
     assert peft == sorted(name for name in methods.names() if methods.get(name).__module__ == "methods.peft_tuners")
-    assert len(peft) == 34 and {"dora", "fourierft", "ia3", "loha", "lokr", "vera", "glora", "pissa"} <= set(peft)
+    assert len(peft) == 35 and {"dora", "fourierft", "ia3", "loha", "lokr", "vera", "glora", "pissa"} <= set(peft)
     assert sorted(core + baselines + peft + vision) == spec_mod.parse_methods("all") == methods.names()
     assert spec_mod.parse_methods("core,dora,lora") == [*core, "dora"]  # sets and names mix, once each
     assert "vpt" not in spec_mod.parse_methods("core", "swin")

@@ -1,6 +1,8 @@
 """The pieces of ``bench.train.fit`` (issue 12): the linear probe's feature cache against training
 through the whole model, the NaN check, resuming a paper recipe's per-epoch schedule from a
-checkpoint, and stochastic depth as timm builds it for each backbone family.
+checkpoint, stochastic depth as timm builds it for each backbone family, and the methods' per-step
+hooks (called once per fit and step, resumed with their state; AdaLoRA's allocator in checkpoints,
+compiled and eager alike; a method without hooks trains as the plain loop).
 
 (Resuming the tuned protocol's per-step schedule: ``test_runner.py::
 test_checkpointed_fit_resumes_mid_run_with_the_same_numbers``; one backbone pass per split for
@@ -116,3 +118,203 @@ def test_drop_path_is_what_timm_builds_for_each_family(build):
     assert _drop_probs(model) == _drop_probs(reference)
     assert len(set(_drop_probs(reference))) > 3  # rates really differ per block
     assert train.set_drop_path is set_drop_path
+
+
+# -- the per-step hooks of Method (begin_fit, extra_loss, after_step, fit_state): AdaLoRA's ------------
+
+def _spy_method(calls: list):
+    """A throwaway lora whose hooks record their calls; its extra loss is the constant 1 and its
+    fit state the steps seen so far."""
+    from methods.base import register
+
+    class Spy(type(methods.get("lora"))):
+        name = "_spy_hooks"
+
+        def begin_fit(self, model, total_steps):
+            calls.append(("begin_fit", total_steps))
+            model.spy_steps = []
+
+        def extra_loss(self, model):
+            calls.append(("extra_loss", torch.is_autocast_enabled("cpu")))
+            return torch.ones(())
+
+        def after_step(self, model, step):
+            assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # grads still there
+            calls.append(("after_step", step))
+            model.spy_steps.append(step)
+
+        def fit_state(self, model):
+            return {"steps": list(model.spy_steps)}
+
+        def load_fit_state(self, model, state):
+            calls.append(("load_fit_state", state))
+            model.spy_steps = list(state["steps"])
+
+    register(Spy)
+    return Spy.name
+
+
+def _hooked_fit(backbone, name, tmp_path=None, stop_after=None, precision=None, epochs=3):
+    train.seed_everything(0)
+    model = methods.get(name).apply(backbone, num_classes=5)
+    cfg = train.TrainConfig(epochs=epochs, batch_size=8, lr=3e-3, weight_decay=1e-4, seed=3, precision=precision,
+                            checkpoint=str(tmp_path / "fit.pt") if tmp_path else None)
+
+    def stop(epoch, metrics):
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt
+
+    result = train.fit(model, _data(24), cfg, on_epoch=stop)  # 3 steps an epoch
+    return result, model
+
+
+def test_hooks_are_called_once_per_fit_and_step_and_resume_where_the_fit_stopped(backbone, tmp_path):
+    from bench.testing import temporary_registry
+
+    calls: list = []
+    with temporary_registry():
+        name = _spy_method(calls)
+        straight, model = _hooked_fit(backbone, name)
+        assert calls == [("begin_fit", 9)] + [("extra_loss", False), ("after_step", 1)] + [
+            c for step in range(2, 10) for c in (("extra_loss", False), ("after_step", step))]
+        lora, _ = _hooked_fit(backbone, "lora")  # the same fit without the extra loss of 1
+        assert [h["train_loss"] for h in straight.history] == pytest.approx(
+            [h["train_loss"] + 1 for h in lora.history], rel=1e-6)
+
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            _hooked_fit(backbone, name, tmp_path, stop_after=0)
+        assert torch.load(tmp_path / "fit.pt", weights_only=True)["fit_state"] == {"steps": [1, 2, 3]}
+        calls.clear()
+        resumed, model = _hooked_fit(backbone, name, tmp_path)
+        assert calls[:2] == [("begin_fit", 9), ("load_fit_state", {"steps": [1, 2, 3]})]
+        assert [c for c in calls if c[0] == "after_step"] == [("after_step", s) for s in range(4, 10)]
+        assert model.spy_steps == list(range(1, 10))
+        assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+        calls.clear()
+        _hooked_fit(backbone, name, precision="bf16", epochs=1)  # the extra loss outside autocast, in fp32
+        assert ("extra_loss", False) in calls and ("extra_loss", True) not in calls
+
+
+def test_a_method_without_hooks_trains_as_the_plain_loop(backbone):
+    """The default hooks add nothing: lora's fit is, bit for bit, AdamW and the cosine schedule on
+    the cross-entropy alone, and they hold no state for a checkpoint."""
+    result, model = _hooked_fit(backbone, "lora")
+    train.seed_everything(0)
+    ref = methods.get("lora").apply(backbone, num_classes=5)
+    train.seed_everything(3)
+    loader = train._loader(_data(24), 8, True, 3, 0, "cpu")
+    opt = train.make_optimizer(ref, 3e-3, 1e-4, "cpu")
+    schedule = train.cosine_schedule(opt, 3e-3, 9, 0)
+    ref.train()
+    step = 0
+    for _ in range(3):
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(ref(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            schedule.step_update(step)
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in ref.state_dict().items())
+    lora = methods.get("lora")
+    assert lora.extra_loss(model) is None and lora.fit_state(model) == {}
+    assert type(lora).after_step is methods.Method.after_step and type(lora).extra_loss is methods.Method.extra_loss
+
+
+def _adalora_fit(backbone, tmp_path=None, stop_after=None, drop_state=False, monkeypatch=None, **kw):
+    """An adalora fit of 3 epochs x 3 steps: tinit 1, tfinal 4 (the final masking at step 6), a budget
+    allocation every step; ``drop_state``: its checkpoint without the allocator's state."""
+    if drop_state:
+        method = methods.get("adalora")
+        monkeypatch.setattr(method, "fit_state", lambda model: {})
+        monkeypatch.setattr(method, "load_fit_state", lambda model, state: None)
+    train.seed_everything(0)
+    model = methods.get("adalora").apply(backbone, num_classes=5, deltaT=1, target_r=4, init_r=8)
+    cfg = train.TrainConfig(epochs=3, batch_size=8, lr=3e-2, weight_decay=1e-4, seed=3,
+                            checkpoint=str(tmp_path / "fit.pt") if tmp_path else None, **kw)
+
+    def stop(epoch, metrics):
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt
+
+    train.fit(model, _data(24), cfg, on_epoch=stop)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _ranks(state) -> list[int]:
+    return [int((v != 0).sum()) for k, v in state.items() if ".lora_E." in k]
+
+
+@pytest.mark.parametrize("stop_after", [0, 1], ids=["while-the-budget-shrinks", "after-the-final-mask"])
+def test_resumed_adalora_fit_is_the_uninterrupted_one_with_its_allocator_state(backbone, tmp_path, monkeypatch,
+                                                                               capfd, stop_after):
+    """The checkpoint carries the rank allocator's importance averages (used by the allocations after
+    a resume in the budget phase) and its rank pattern (which masks every step of the final phase):
+    the resumed fit ends where the uninterrupted one does, and without that state it does not."""
+    straight = _adalora_fit(backbone)
+    assert sum(_ranks(straight)) == 4 * 16 and len(set(_ranks(straight))) > 1  # the budget, unevenly allocated
+    with pytest.raises(KeyboardInterrupt):
+        _adalora_fit(backbone, tmp_path, stop_after=stop_after)
+    saved = torch.load(tmp_path / "fit.pt", weights_only=True)["fit_state"]
+    # masked at every step from step 3 on; the final masking (step 6) resets the importance averages
+    assert saved["rank_pattern"] and bool(saved["exp_avg_ipt"]) == (stop_after == 0)
+    capfd.readouterr()
+    resumed = _adalora_fit(backbone, tmp_path)
+    assert "warning" not in capfd.readouterr().err  # resumed, not restarted
+    assert all(torch.equal(resumed[k], v) for k, v in straight.items())
+
+    with pytest.raises(KeyboardInterrupt):
+        _adalora_fit(backbone, tmp_path, stop_after=stop_after, drop_state=True, monkeypatch=monkeypatch)
+    if stop_after == 0:  # the importance averages restart from zero: other ranks are masked
+        without = _adalora_fit(backbone, tmp_path, drop_state=True, monkeypatch=monkeypatch)
+        assert not all(torch.equal(without[k], v) for k, v in straight.items())
+    else:  # the final phase masks by the saved rank pattern: without it peft's allocator has none to use
+        with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'keys'"):
+            _adalora_fit(backbone, tmp_path, drop_state=True, monkeypatch=monkeypatch)
+
+
+def test_an_adalora_state_of_another_model_is_not_resumed(backbone, tmp_path, capfd):
+    with pytest.raises(KeyboardInterrupt):
+        _adalora_fit(backbone, tmp_path, stop_after=0)
+    path = tmp_path / "fit.pt"
+    state = torch.load(path, weights_only=True)
+    name = next(iter(state["fit_state"]["exp_avg_ipt"]))
+    state["fit_state"]["exp_avg_ipt"][name] = torch.zeros(3)
+    torch.save(state, path)
+    path.with_name("fit.pt.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    assert all(torch.equal(a, b) for a, b in zip(_adalora_fit(backbone, tmp_path).values(),
+                                                  _adalora_fit(backbone).values()))
+    assert "it holds another method's state (AdaLoRA exp_avg_ipt of other tensors)" in capfd.readouterr().err
+
+
+def test_compiled_adalora_fit_is_the_eager_one(backbone, monkeypatch):
+    """--compile compiles the model's step only; the regulariser and the allocation stay outside it
+    (aot_eager here: dynamo + AOTAutograd, the graphs inductor would get)."""
+    compile_, compiled_fns = torch.compile, []
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kw: compiled_fns.append(fn) or compile_(fn, backend="aot_eager", **kw))
+    eager = _adalora_fit(backbone)
+    compiled = _adalora_fit(backbone, compile=True)
+    assert len(compiled_fns) == 1 and isinstance(compiled_fns[0], torch.nn.Module)  # the model's step alone
+    assert _ranks(compiled) == _ranks(eager)
+    for k, v in eager.items():
+        torch.testing.assert_close(compiled[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_a_checkpoint_from_before_fit_state_resumes_a_method_without_one(backbone, tmp_path, capfd):
+    straight, model = _hooked_fit(backbone, "lora")
+    with pytest.raises(KeyboardInterrupt):
+        _hooked_fit(backbone, "lora", tmp_path, stop_after=0)
+    path = tmp_path / "fit.pt"
+    state = torch.load(path, weights_only=True)
+    assert state.pop("fit_state") == {}
+    torch.save(state, path)
+    path.with_name("fit.pt.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    capfd.readouterr()
+    resumed, resumed_model = _hooked_fit(backbone, "lora", tmp_path)
+    assert "warning" not in capfd.readouterr().err  # resumed, not restarted
+    assert resumed.history[0] == dict(straight.history[0], data_wait_frac=resumed.history[0]["data_wait_frac"])
+    assert all(torch.equal(v, resumed_model.state_dict()[k]) for k, v in model.state_dict().items())

@@ -4,6 +4,9 @@ hyperparameters, counted on a real model structure (never written by hand).
 The backbone is built on the meta device: every shape is real, no memory is allocated and nothing
 is initialised, so the table is instant on any backbone (ViT-H/14's 632M parameters included) and
 needs no weights file. A method that does not run on the backbone's family gets a row saying so.
+A method whose count its selection from training data decides (``Method.count_from_data``: SPT)
+shows the count of ``apply``'s placeholder selection, marked ``(placeholder)`` and explained under
+the table: its runs record the count their selection gave.
 """
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ import methods
 
 from .. import backbones
 from ..errors import UserError
+
+PLACEHOLDER = "(placeholder)"
+PLACEHOLDER_NOTE = (f"{PLACEHOLDER}: the count of apply's placeholder selection; the method selects what trains "
+                    "from the training data, so a fit's count is decided by the data (bounded by its budget) "
+                    "and recorded with its run")
 
 
 def trainable(backbone, name: str, num_classes: int) -> tuple[int, int] | None:
@@ -43,7 +51,8 @@ def describe(backbone, num_classes: int) -> list[list[str]]:
         if counts is None:
             rows.append([name, f"not on {family}", "-", mergeable, hparams])
             continue
-        rows.append([name, f"{counts[0]:,}", f"{counts[1]:,}", mergeable, hparams])
+        mark = f" {PLACEHOLDER}" if method.count_from_data else ""
+        rows.append([name, f"{counts[0]:,}{mark}", f"{counts[1]:,}{mark}", mergeable, hparams])
     return rows
 
 
@@ -56,4 +65,6 @@ def main(args) -> int:
     print(tabulate(rows, headers=["method", "trainable (no head)", f"with head ({args.num_classes})",
                                   "mergeable", "hyperparameters (defaults)"],
                    tablefmt="github", colalign=("left", "right", "right", "left", "left")))
+    if any(PLACEHOLDER in row[1] for row in rows):
+        print(PLACEHOLDER_NOTE)
     return 0

@@ -10,7 +10,12 @@ The comparison scripts of this package import official code from a checkout the 
   style imports; what they load is taken out of ``sys.modules`` again); ``absent``: top-level packages
   the file imports but the script does not use: when they are not installed, stand-ins let the file
   import, and any use of a name from them raises (``module.__absent__`` lists what was stood in);
-  failures raise ``LoadError`` (one line);
+  ``replace``: {module: {name: object}}, modules the file imports, which it sees while it runs as
+  the installed module with those names replaced or added (or, when not installed, as a module with
+  only those names); after it ran, ``sys.modules`` holds what it held before (e.g. timm's
+  ``register_model`` as the identity, so that loading a model file does not re-register timm's
+  model names; a name an old timm API had in a module that is gone; a logging helper of the
+  checkout; ``module.__replaced__`` lists them); failures raise ``LoadError`` (one line);
 - ``commit_of(repo)``: the checkout's ``HEAD`` commit, or ``None`` (not a git checkout, no git).
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Iterable, NoReturn, Sequence
+from typing import Iterable, Mapping, NoReturn, Sequence
 
 
 class LoadError(RuntimeError):
@@ -93,14 +98,34 @@ class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+_NOT_LOADED = object()
+
+
+def _replacement(module: str, names: Mapping[str, object]) -> types.ModuleType:
+    try:
+        installed = importlib.import_module(module)
+    except ImportError:
+        installed = None
+    replaced = types.ModuleType(module)
+    if installed is not None:
+        replaced.__dict__.update(installed.__dict__)
+    replaced.__dict__.update(names)
+    return replaced
+
+
 def load_module(repo: Path | str, relpath: str, name: str, *, path: Sequence[str] = (),
-                absent: Sequence[str] = ()) -> types.ModuleType:
+                absent: Sequence[str] = (), replace: Mapping[str, Mapping[str, object]] | None = None
+                ) -> types.ModuleType:
     repo = Path(repo)
     file = repo / relpath
     if not file.is_file():
         fail(f"{repo} has no {relpath}")
     folders = [str((repo / p).resolve()) for p in path]
+    replace = dict(replace or {})
+    replacements = {m: _replacement(m, names) for m, names in replace.items()}  # before the checkout's folders
     before = set(sys.modules)
+    held = {m: sys.modules.get(m, _NOT_LOADED) for m in replacements}
+    sys.modules.update(replacements)
     stubs = _Absent(absent)
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
@@ -113,6 +138,11 @@ def load_module(repo: Path | str, relpath: str, name: str, *, path: Sequence[str
         del sys.modules[name]
         raise LoadError(f"{relpath}: {type(exc).__name__}: {exc}") from exc
     finally:
+        for m, previous in held.items():
+            if previous is _NOT_LOADED:
+                sys.modules.pop(m, None)
+            else:
+                sys.modules[m] = previous
         sys.meta_path.remove(stubs)
         for folder in folders:
             sys.path.remove(folder)
@@ -122,4 +152,5 @@ def load_module(repo: Path | str, relpath: str, name: str, *, path: Sequence[str
                                                    for f in folders):
                 del sys.modules[added]
     module.__absent__ = sorted(stubs.used)
+    module.__replaced__ = sorted(f"{m}.{n}" for m, names in replace.items() for n in names)
     return module
