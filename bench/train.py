@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
@@ -31,6 +30,7 @@ from methods.families import set_drop_path, set_residual_dropout
 from .checkpoints import Progress, resume, save_checkpoint
 from .compiled import compile_step, compiles
 from .device import autocast, peak_memory_mb, start_measuring
+from .steps import train_step
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
 
@@ -208,24 +208,6 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int, device: str, worker
         total += y.numel()
     seconds = time.perf_counter() - start
     return 100.0 * correct / max(total, 1), total / max(seconds, 1e-9)
-
-
-def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               device: str, precision: str | None = None, extra_loss: Callable | None = None) -> torch.Tensor:
-    """One optimizer step in ``precision``'s autocast; returns the detached loss without a host sync
-    (the caller checks it for NaN/inf every few steps, so the GPU never waits on the CPU).
-    ``extra_loss()``: the method's own term (``Method.extra_loss``), added in fp32 after the forward,
-    outside autocast and outside the compiled ``step_fn``: the same term whether the step is
-    compiled or not; when it returns None the loss is the cross-entropy itself."""
-    with autocast(device, precision):
-        loss = F.cross_entropy(step_fn(x), y)
-    term = extra_loss() if extra_loss is not None else None
-    if term is not None:
-        loss = loss + term
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
 
 
 class _LrSteps:

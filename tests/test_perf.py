@@ -144,11 +144,11 @@ def test_perf_times_dinov2_at_the_suites_image_size(monkeypatch):
     shapes = []
     real = train.train_step
 
-    def spy(step_fn, optimizer, x, y, device):
+    def spy(step_fn, optimizer, x, y, device, *rest):
         shapes.append(tuple(x.shape))
         raise StopIteration  # one step is enough to see the input
 
-    monkeypatch.setattr("bench.commands.perf.train_step", spy)
+    monkeypatch.setattr("bench.steps.train_step", spy)  # the step perf times (bench.steps.method_steps)
     with pytest.raises(StopIteration):
         measure_method("linear", "vit_base_patch14_dinov2", "cpu", batch_size=1, steps=1)
     assert shapes == [(1, 3, 224, 224)]

@@ -197,6 +197,22 @@ def test_hooks_are_called_once_per_fit_and_step_and_resume_where_the_fit_stopped
         assert ("extra_loss", False) in calls and ("extra_loss", True) not in calls
 
 
+def test_the_timed_step_of_perf_gpu_check_and_the_planner_runs_the_hooks(backbone):
+    """``bench.steps.method_steps`` (what `bench perf`, `bench gpu-check` and the run planner time)
+    takes each step as a fit does: begin_fit once, then the extra loss and after_step every step."""
+    from bench.steps import method_steps
+    from bench.testing import temporary_registry
+
+    calls: list = []
+    with temporary_registry():
+        model = methods.get(_spy_method(calls)).apply(backbone, num_classes=5)
+        step = method_steps(model, train.make_optimizer(model, 1e-3, 0.0, "cpu"), "cpu", total_steps=7)
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+        losses = [step(x, y) for _ in range(3)]
+    assert calls == [("begin_fit", 7)] + [c for s in (1, 2, 3) for c in (("extra_loss", False), ("after_step", s))]
+    assert all(loss > 1.0 for loss in losses)  # the spy's extra loss of 1 is in the loss
+
+
 def test_a_method_without_hooks_trains_as_the_plain_loop(backbone):
     """The default hooks add nothing: lora's fit is, bit for bit, AdamW and the cosine schedule on
     the cross-entropy alone, and they hold no state for a checkpoint."""

@@ -1,7 +1,7 @@
 """`bench gpu-check`: the GPU acceptance run. On a CUDA machine, every method (``--methods``) trains
 a few steps on ViT-B/16 (randomly initialised: no download) in bf16 autocast, eagerly and then
 compiled (``torch.compile``, as ``--compile`` trains), with the optimizer step of `bench run`
-(``bench.train.train_step``, ``make_optimizer``). Per method it prints and writes
+(``bench.steps.method_steps``: the method's per-step hooks included; ``make_optimizer``). Per method it prints and writes
 ``reports/gpu_check_<device>.md``: images per second eager and compiled, MFU of each against the
 device's dense bf16 peak (``bench.device.PEAK_BF16_FLOPS``; FLOPs of one step counted by torch's
 FLOP counter), peak memory of each, the compile time and speed-up, and "finished" or the error.
@@ -30,6 +30,7 @@ import methods
 from .. import backbones
 from ..device import device_class, peak_flops, peak_memory_mb, seconds_per_call
 from ..errors import UserError, first_line
+from ..steps import method_steps
 from ..train import make_optimizer, train_step
 
 NUM_CLASSES = 100
@@ -104,7 +105,8 @@ def measure_eager(name: str, backbone: str, device: str, batch_size: int, steps:
     row.peak_flops = peak_flops(device)
     row.flops = _step_flops(model, opt, x, y, device, precision) if row.peak_flops else 0.0
     _reset_peak(device)
-    seconds = seconds_per_call(lambda: train_step(model, opt, x, y, device, precision), steps, device, WARMUP)
+    step = method_steps(model, opt, device, precision)  # the method's per-step hooks included (AdaLoRA)
+    seconds = seconds_per_call(lambda: step(x, y), steps, device, WARMUP)
     row.eager_img_s, row.eager_mem_mb = batch_size / seconds, _gpu_peak(device)
     row.eager_mfu_pct = _mfu(row.flops, row.eager_img_s, batch_size, row.peak_flops)
     if not methods.get(name).compiles:
@@ -118,14 +120,14 @@ def measure_compiled(row: Row, backbone: str, device: str, batch_size: int, step
     ``--compile`` trains (``backend``: torch.compile's; the CPU test uses aot_eager)."""
     model, opt, x, y = _setup(row.method, backbone, device, batch_size)
     torch.compiler.reset()  # one process compiles every method: dynamo would run the 9th eagerly
-    compiled = torch.compile(model, backend=backend)
+    step = method_steps(model, opt, device, precision, step_fn=torch.compile(model, backend=backend))
     _reset_peak(device)
     start = time.perf_counter()
-    train_step(compiled, opt, x, y, device, precision)
+    step(x, y)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     row.compile_s = max(time.perf_counter() - start - batch_size / row.eager_img_s, 0.0)
-    seconds = seconds_per_call(lambda: train_step(compiled, opt, x, y, device, precision), steps, device, WARMUP - 1)
+    seconds = seconds_per_call(lambda: step(x, y), steps, device, WARMUP - 1)
     row.compiled_img_s, row.compiled_mem_mb = batch_size / seconds, _gpu_peak(device)
     row.compiled_mfu_pct = _mfu(row.flops, row.compiled_img_s, batch_size, row.peak_flops)
     return row
@@ -184,7 +186,7 @@ def render(rows: list[Row], header: str) -> str:
               _fmt(r.eager_mem_mb, 0), _fmt(r.compiled_mem_mb, 0), r.status] for r in rows]
     cols = ["method", "img/s eager", "img/s compiled", "compile speed-up", "compile s", "MFU % eager",
             "MFU % compiled", "peak mem MB eager", "peak mem MB compiled", "status"]
-    note = ("bf16 autocast; images/s of one optimizer step (AdamW, `bench.train.train_step`) on a fixed random "
+    note = ("bf16 autocast; images/s of one optimizer step (AdamW, `bench.steps.method_steps`, the method's per-step hooks included) on a fixed random "
             "batch, after warm-up steps; MFU: FLOPs of one step (torch's FLOP counter) times steps per second over "
             "the device's dense bf16 peak (`bench.device.PEAK_BF16_FLOPS`); peak memory: the CUDA allocator's peak "
             "during each measurement; compile s: the first compiled step minus an eager one; compile speed-up: "

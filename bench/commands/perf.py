@@ -1,7 +1,7 @@
 """`bench perf`: speed and memory of every method, measured the way training runs.
 
-Per method: trainable parameters, train images/s (one optimizer step of ``bench.train.train_step``
-on a fixed batch), eval images/s unmerged and merged, peak memory, and on GPU the model FLOPs
+Per method: trainable parameters, train images/s (one optimizer step of ``bench.steps.method_steps``,
+the method's per-step hooks included, on a fixed batch), eval images/s unmerged and merged, peak memory, and on GPU the model FLOPs
 utilisation. The linear probe is also timed on cached features, as it trains. On CPU each method
 is measured in a forked child so that its peak resident memory is its own.
 
@@ -27,6 +27,7 @@ from ..files import atomic_write_text
 from ..report.format import fmt, markdown_table
 from ..device import (autocast, current_memory_mb, median_step_seconds, peak_flops, peak_memory_mb, resolve_device,
                       seconds_per_call)
+from ..steps import method_steps
 from ..train import make_optimizer, train_step
 
 NUM_CLASSES = 100
@@ -118,12 +119,12 @@ def measure_method(name: str, backbone_name: str, device: str, batch_size: int, 
     opt = make_optimizer(model, 1e-4, 0.0, device)
     model.train()
     before = current_memory_mb(device)
-    row["train_img_s"] = batch_size / seconds_per_call(lambda: train_step(model, opt, x, y, device), steps, device)
+    step = method_steps(model, opt, device)  # the method's per-step hooks included (AdaLoRA)
+    row["train_img_s"] = batch_size / seconds_per_call(lambda: step(x, y), steps, device)
     if compile:
         torch.compiler.reset()  # on GPU every method runs in this process: dynamo would run the 9th eagerly
-        compiled = torch.compile(model)
-        row["train_img_s_compiled"] = batch_size / seconds_per_call(lambda: train_step(compiled, opt, x, y, device),
-                                                          steps, device)
+        compiled_step = method_steps(model, opt, device, step_fn=torch.compile(model))
+        row["train_img_s_compiled"] = batch_size / seconds_per_call(lambda: compiled_step(x, y), steps, device)
     # what training adds on top of the loaded model and batch: activations, gradients, optimizer state
     row["peak_mem_mb"] = peak_memory_mb(device) - before
     if name == "linear":  # how the linear probe really trains: on features computed once

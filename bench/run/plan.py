@@ -7,7 +7,8 @@ import torch
 import methods
 
 from ..device import autocast, seconds_per_call
-from ..train import head_only, make_optimizer, train_step
+from ..steps import method_steps
+from ..train import head_only, make_optimizer
 
 
 def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int,
@@ -24,7 +25,8 @@ def _rates(method: str, hparams: dict, base, device: str, batch: int, steps: int
         with torch.no_grad(), autocast(device, precision):
             model(x)
 
-    train = batch / seconds_per_call(lambda: train_step(model, opt, x, y, device, precision), steps, device, warmup=1)
+    step = method_steps(model, opt, device, precision)  # the method's per-step hooks included (AdaLoRA)
+    train = batch / seconds_per_call(lambda: step(x, y), steps, device, warmup=1)
     model.eval()
     return train, batch / seconds_per_call(forward, steps, device, warmup=1), head_only(model)
 
