@@ -1,12 +1,28 @@
-"""The reviewer baselines of issue 13 (bitfit, fact_tt, fact_tk, convpass, repadapter) against
-transcriptions of their official forwards, their official inits, their families and their
-hyperparameter checks. The registry-wide tests (counts, what trains, merge, search space) run on
-them from ``test_methods.py`` with the tables of ``specs_baselines.py``.
+"""The reviewer baselines of issue 13 (bitfit, fact_tt, fact_tk, convpass, repadapter) against their
+math, written out here from the papers and the formulas of the methods' docstrings, their inits,
+their families and their hyperparameter checks:
 
-The ``Official*`` classes transcribe the official code (JieShibo/PETL-ViT ``FacT/fact_tt.py``,
-``FacT/fact_tk.py``, ``convpass/vtab/convpass.py``; luogen1996/RepAdapter ``repadapter.py``),
-run on the modules of a timm block (drop path is Identity and the MLP's dropouts p=0 here, so
-they are left out). Each holds our adapted model's trained tensors, mapped to the official layout.
+- FacT (Jie & Deng, AAAI 2023): every d x d slice of a block Linear's weight (q, k, v, proj, and fc1's
+  4 output / fc2's 4 input chunks of width d) gains s V S U, U (rank x d) and V (d x rank) shared by
+  all layers; FacT-TT: S a free rank x rank core per slice; FacT-TK: the cores come from one
+  rank x rank x rank tensor C and a rank x 12*depth matrix P (12 columns per block), T_j = C x_3 P[:, j]:
+  S = T_j^T for q, k, v, proj (the paper's C x_1 U x_2 V x_3 P), and fc1 / fc2 read their 4 slices
+  T_j as one rank x 4 rank matrix, row-major (methods/fact.py's docstring);
+- Convpass (Jie & Deng, arXiv 2207.07039): beside the attention (and the MLP), s * up(dropout(
+  QuickGELU(conv3x3(QuickGELU(down(h)))))), the patch tokens convolved as their 2-D grid and each
+  prefix token as a 1x1 map (zero padding);
+- RepAdapter (Luo et al., arXiv 2302.08106): h + s (B dropout(A h + a) + b_B) in front of qkv (and
+  fc1), B a grouped 1x1 convolution; its structural re-parameterisation into the Linear,
+  W' = W (I + s B A), b' = b + s W (B a + b_B), B as a dense matrix.
+
+Against the official code (JieShibo/PETL-ViT@026e4f1 ``FacT/fact_tt.py``, ``FacT/fact_tk.py``,
+``convpass/vtab/convpass.py``; luogen1996/RepAdapter@360992f ``repadapter.py``): not here, which
+needs no checkout; the comparison scripts ``benchmarks/official/fact.py``, ``convpass.py`` and
+``repadapter.py`` run those comparisons (logits on copied tensors, merge and re-parameterisation,
+counts, settings) on a checkout given to them, and docs/measurements.md records their results.
+
+The registry-wide tests (counts, what trains, merge, search space) run on them from
+``test_methods.py`` with the tables of ``specs_baselines.py``.
 """
 from __future__ import annotations
 
@@ -88,111 +104,94 @@ def max_diff(a, b, x):
         return (a(x) - b(x)).abs().max().item()
 
 
-# -- FacT: transcriptions of fact_forward_attn / fact_forward_mlp -----------------------------
-
-def official_attention(attn, x, delta_q, delta_k, delta_v, delta_proj, s):
-    """The attention of fact_tt.py / fact_tk.py ``fact_forward_attn`` given the three q, k, v
-    increments (functions of x) and the proj increment (a function of the attention output)."""
-    B, N, C = x.shape
-    qkv = attn.qkv(x)
-    qkv = qkv + torch.cat([delta_q(x), delta_k(x), delta_v(x)], dim=2) * s
-    qkv = qkv.reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    a = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
-    x = (a @ v).transpose(1, 2).reshape(B, N, C)
-    return attn.proj(x) + delta_proj(x) * s
-
-
-class OfficialFacTBlock(nn.Module):
-    """A timm block whose attention and MLP run the official FacT forwards. ``cores`` maps q, k,
-    v, proj to (rank x rank) matrices used as ``FacTu(x) @ core`` and fc1 (rank x 4 rank), fc2
-    (4 rank x rank) likewise (for TT: ``q_FacTs.weight.t()``...; for TK: ``FacTc @ FacTp[...]``)."""
-
-    def __init__(self, block, u, v, cores, s, dim):
-        super().__init__()
-        self.block, self.u, self.v, self.cores, self.s, self.dim = block, u, v, cores, s, dim
-
-    def FacTu(self, x):
-        return x @ self.u.t()
-
-    def FacTv(self, x):
-        return x @ self.v.t()
-
-    def mlp(self, x):
-        """fact_forward_mlp (``self.drop`` is p=0)."""
-        mlp, c = self.block.mlp, self.cores
-        B, N, C = x.shape
-        h = mlp.fc1(x)
-        h = h + self.FacTv((self.FacTu(x) @ c["fc1"]).reshape(B, N, 4, self.dim)).reshape(B, N, 4 * C) * self.s
-        x = mlp.act(h)
-        h = mlp.fc2(x)
-        x = x.reshape(B, N, 4, C)
-        h = h + self.FacTv(self.FacTu(x).reshape(B, N, 4 * self.dim) @ c["fc2"]) * self.s
-        return h
-
-    def forward(self, x):
-        b, c = self.block, self.cores
-        delta = {k: (lambda k: lambda t: self.FacTv(self.FacTu(t) @ c[k]))(k) for k in ("q", "k", "v", "proj")}
-        x = x + official_attention(b.attn, b.norm1(x), delta["q"], delta["k"], delta["v"], delta["proj"], self.s)
-        return x + self.mlp(b.norm2(x))
-
-
-def tt_cores(model, i):
-    """FacT-TT: our per-layer cores in the official layout: q_FacTs.weight is rows [0, r) of our
-    qkv core ...; the official forward multiplies by the transposed Linear weight."""
-    blk = model.blocks[i]
-    qkv, r = blk.attn.qkv.core, model.fact.u.shape[0]
-    return {"q": qkv[:r].t(), "k": qkv[r:2 * r].t(), "v": qkv[2 * r:].t(), "proj": blk.attn.proj.core.t(),
-            "fc1": blk.mlp.fc1.core.t(), "fc2": blk.mlp.fc2.core.t()}
-
-
-def tk_cores(model, i):
-    """FacT-TK, as fact_forward_attn / fact_forward_mlp form them from FacTc and FacTp: each
-    Attention takes 4 columns of FacTp, each Mlp the next 8 (set_FacT's ``vit.idx``)."""
-    c, p, r = model.fact.c, model.fact.p, model.fact.u.shape[0]
-    idx = 12 * i
-    attn = c @ p[:, idx:idx + 4]
-    mlp = c @ p[:, idx + 4:idx + 12]
-    return {"q": attn[:, :, 0], "k": attn[:, :, 1], "v": attn[:, :, 2], "proj": attn[:, :, 3],
-            "fc1": mlp[:, :, :4].reshape(r, r * 4), "fc2": mlp[:, :, 4:].reshape(r, r * 4).t()}
-
-
-@pytest.mark.parametrize("name,cores", [("fact_tt", tt_cores), ("fact_tk", tk_cores)])
-def test_fact_equals_the_official_forward(vit, images, name, cores):
-    model = perturb(methods.get(name).apply(vit, num_classes=10, rank=4, scale=10.0)).eval()
-    assert (model.fact.p.shape == (4, 48)) if name == "fact_tk" else not hasattr(model.fact, "p")
-    r, s = 4, 10.0
-    ref = reference(vit, model, lambda i, block: OfficialFacTBlock(block, model.fact.u, model.fact.v,
-                                                                   cores(model, i), s, r))
-    assert max_diff(model, ref, images) < 1e-4
-    assert max_diff(model, with_head(vit, model), images) > 1e-2  # the increments do act
-
 
 def with_head(base, model):
     return reference(base, model, lambda i, block: block)
 
 
+# -- FacT: the factorised increments -----------------------------------------------------------
+
+FACT_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def fact_slices(model, name, i):
+    """The rank x rank cores S of block ``i`` by the formulas: {Linear: {(output chunk, input chunk):
+    S}}, the chunks of width d; the slice's increment is s V S U."""
+    f = model.fact
+    r = f.u.shape[0]
+    if name == "fact_tt":  # free cores: each d x d slice has its own block of the layer's core
+        blk = model.blocks[i]
+        cores = {"attn.qkv": blk.attn.qkv.core, "attn.proj": blk.attn.proj.core, "mlp.fc1": blk.mlp.fc1.core,
+                 "mlp.fc2": blk.mlp.fc2.core}
+        return {path: {(o, j): core[o * r:(o + 1) * r, j * r:(j + 1) * r]
+                       for o in range(core.shape[0] // r) for j in range(core.shape[1] // r)}
+                for path, core in cores.items()}
+    # FacT-TK: T_j = C x_3 P[:, j], the 12 columns of block i: q, k, v, proj, fc1's 4, fc2's 4
+    t = [torch.einsum("abk,k->ab", f.c, f.p[:, 12 * i + j]) for j in range(12)]
+    fc1 = torch.stack(t[4:8], dim=2).reshape(r, 4 * r)  # the 4 slices as one r x 4r matrix, row-major
+    fc2 = torch.stack(t[8:12], dim=2).reshape(r, 4 * r)
+    return {"attn.qkv": {(o, 0): t[o].t() for o in range(3)}, "attn.proj": {(0, 0): t[3].t()},
+            "mlp.fc1": {(o, 0): fc1[:, o * r:(o + 1) * r].t() for o in range(4)},  # output chunk o
+            "mlp.fc2": {(0, j): fc2[:, j * r:(j + 1) * r] for j in range(4)}}  # input chunk j
+
+
+def fact_delta(model, name, i, path, s):
+    """The increment of block ``i``'s Linear ``path``: s V S U in every (output, input) chunk."""
+    u, v = model.fact.u, model.fact.v
+    slices = fact_slices(model, name, i)[path]
+    rows = max(o for o, _ in slices) + 1
+    cols = max(j for _, j in slices) + 1
+    return torch.cat([torch.cat([s * v @ slices[o, j] @ u for j in range(cols)], dim=1) for o in range(rows)])
+
+
+def fact_by_formula(base, model, name, s):
+    """``base`` with ``model``'s head, each block Linear's weight plus its increment by the formula."""
+    ref = with_head(base, model)
+    with torch.no_grad():
+        for i, block in enumerate(ref.blocks):
+            for path in FACT_LINEARS:
+                block.get_submodule(path).weight += fact_delta(model, name, i, path, s)
+    return ref
+
+
+def test_fact_tk_columns_by_hand():
+    """FacT-TK's cores by hand on rank 1: T_j = c p_j, so each slice's increment is s v (c p_j) u."""
+    model = methods.get("fact_tk").apply(VisionTransformer(num_classes=0, **DEMO_CONFIG), num_classes=10, rank=1,
+                                         scale=2.0)
+    with torch.no_grad():
+        model.fact.c.fill_(3.0)
+        model.fact.p.copy_(torch.arange(48.0).view(1, 48))
+        slices = fact_slices(model, "fact_tk", 1)
+        assert [slices["attn.qkv"][o, 0].item() for o in range(3)] == [36.0, 39.0, 42.0]  # c * columns 12..14
+        assert slices["attn.proj"][0, 0].item() == 45.0
+        assert [slices["mlp.fc1"][o, 0].item() for o in range(4)] == [48.0, 51.0, 54.0, 57.0]
+        assert [slices["mlp.fc2"][0, j].item() for j in range(4)] == [60.0, 63.0, 66.0, 69.0]
+        wrapper = model.blocks[1].mlp.fc2
+        torch.testing.assert_close(wrapper.delta_weight(), fact_delta(model, "fact_tk", 1, "mlp.fc2", 2.0))
+
+
 @pytest.mark.parametrize("name", ["fact_tt", "fact_tk"])
-def test_fact_delta_weight_is_v_core_u(vit, name):
-    """Merged weights: W + s V S U per (output, input) chunk, fc1 in 4 output chunks of the
-    width, fc2 in 4 input chunks."""
+def test_fact_forward_is_its_formula(vit, images, name):
+    """Eval logits equal the backbone whose Linears carry W + s V S U by the formula."""
+    model = perturb(methods.get(name).apply(vit, num_classes=10, rank=4, scale=10.0)).eval()
+    assert (model.fact.p.shape == (4, 48)) if name == "fact_tk" else not hasattr(model.fact, "p")
+    assert max_diff(model, fact_by_formula(vit, model, name, 10.0), images) < 1e-5
+    assert max_diff(model, with_head(vit, model), images) > 1e-2  # the increments do act
+
+
+@pytest.mark.parametrize("name", ["fact_tt", "fact_tk"])
+def test_fact_merge_is_its_formula(vit, name):
+    """Merged weights: W + s V S U per (output, input) chunk, fc1 in 4 output chunks of the width, fc2
+    in 4 input chunks; biases untouched; the shared factors gone."""
     model = perturb(methods.get(name).apply(vit, num_classes=10, rank=4, scale=0.5))
     merged = methods.get(name).merge(model)
-    u, v, s = model.fact.u, model.fact.v, 0.5
-    c = (tt_cores if name == "fact_tt" else tk_cores)(model, 1)  # official: FacTu(x) @ core
-    plain, new = vit.blocks[1], merged.blocks[1]
     with torch.no_grad():
-        step = lambda core: s * v @ core.t() @ u  # noqa: E731  x -> V(core^T(U x))
-        torch.testing.assert_close(new.attn.qkv.weight, plain.attn.qkv.weight + torch.cat(
-            [step(c["q"]), step(c["k"]), step(c["v"])]))
-        torch.testing.assert_close(new.attn.proj.weight, plain.attn.proj.weight + step(c["proj"]))
-        r = u.shape[0]
-        fc1 = torch.cat([s * v @ c["fc1"][:, j * r:(j + 1) * r].t() @ u for j in range(4)])
-        torch.testing.assert_close(new.mlp.fc1.weight, plain.mlp.fc1.weight + fc1)
-        fc2 = torch.cat([s * v @ c["fc2"][j * r:(j + 1) * r].t() @ u for j in range(4)], dim=1)
-        torch.testing.assert_close(new.mlp.fc2.weight, plain.mlp.fc2.weight + fc2)
-        for part in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):  # biases untouched
-            assert torch.equal(new.get_submodule(part).bias, plain.get_submodule(part).bias)
+        for i in (0, 1, 3):
+            plain, new = vit.blocks[i], merged.blocks[i]
+            for path in FACT_LINEARS:
+                torch.testing.assert_close(new.get_submodule(path).weight, plain.get_submodule(path).weight
+                                           + fact_delta(model, name, i, path, 0.5))
+                assert torch.equal(new.get_submodule(path).bias, plain.get_submodule(path).bias)
     assert not hasattr(merged, "fact")
 
 
@@ -220,70 +219,54 @@ def test_fact_inits(vit, images):
     assert 0.9 * bound_p < tk.fact.p.abs().max() <= bound_p
 
 
-# -- Convpass: transcription of convpass.py ----------------------------------------------------
 
-class OfficialConvpass(nn.Module):
-    """convpass.py ``Convpass`` (the grid side is a parameter instead of the hard-coded 14)."""
+# -- Convpass: the convolutional bypass --------------------------------------------------------
 
-    def __init__(self, width, dim, side):
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def bypass_by_formula(adapter, h, training):
+    """up(dropout(QuickGELU(conv3x3(QuickGELU(down(h)))))), the patch tokens as their square grid, each
+    prefix token as a 1x1 map through the same zero-padded conv; from ``adapter``'s tensors."""
+    b, n, _ = h.shape
+    p = adapter.prefix_tokens
+    a = quick_gelu(h @ adapter.down.weight.t() + adapter.down.bias)
+    dim = a.shape[-1]
+    side = math.isqrt(n - p)
+    conv = partial(F.conv2d, weight=adapter.conv.weight, bias=adapter.conv.bias, padding=1)
+    grid = conv(a[:, p:].transpose(1, 2).reshape(b, dim, side, side)).reshape(b, dim, side * side).transpose(1, 2)
+    prefix = conv(a[:, :p].reshape(b * p, dim, 1, 1)).reshape(b, p, dim)
+    a = F.dropout(quick_gelu(torch.cat([prefix, grid], dim=1)), 0.1, training)
+    return a @ adapter.up.weight.t() + adapter.up.bias
+
+
+class ConvpassByFormula(nn.Module):
+    """x + attn(n1(x)) + s bypass(n1(x)); then x + mlp(n2(x)) (+ s bypass(n2(x)) in mode block)."""
+
+    def __init__(self, block, ours, s):
         super().__init__()
-        self.adapter_conv = nn.Conv2d(dim, dim, 3, 1, 1)
-        self.adapter_down = nn.Linear(width, dim)
-        self.adapter_up = nn.Linear(dim, width)
-        self.dropout = nn.Dropout(0.1)
-        self.dim, self.side = dim, side
-
-    def act(self, x):
-        return x * torch.sigmoid(1.702 * x)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        x_down = self.act(self.adapter_down(x))
-        x_patch = x_down[:, 1:].reshape(B, self.side, self.side, self.dim).permute(0, 3, 1, 2)
-        x_patch = self.adapter_conv(x_patch)
-        x_patch = x_patch.permute(0, 2, 3, 1).reshape(B, self.side * self.side, self.dim)
-        x_cls = x_down[:, :1].reshape(B, 1, 1, self.dim).permute(0, 3, 1, 2)
-        x_cls = self.adapter_conv(x_cls)
-        x_cls = x_cls.permute(0, 2, 3, 1).reshape(B, 1, self.dim)
-        x_down = torch.cat([x_cls, x_patch], dim=1)
-        x_down = self.dropout(self.act(x_down))
-        return self.adapter_up(x_down)
-
-
-class OfficialConvpassBlock(nn.Module):
-    """convpass.py ``forward_block`` (mode block) / ``forward_block_attn`` (mode attn)."""
-
-    def __init__(self, block, adapter_attn, adapter_mlp, s):
-        super().__init__()
-        self.block, self.adapter_attn, self.adapter_mlp, self.s = block, adapter_attn, adapter_mlp, s
+        self.block, self.s = block, s
+        self.attn_adapter = ours.attn.adapter
+        self.mlp_adapter = ours.mlp.adapter if hasattr(ours.mlp, "adapter") else None
 
     def forward(self, x):
         b = self.block
-        x = x + b.attn(b.norm1(x)) + self.adapter_attn(b.norm1(x)) * self.s
-        if self.adapter_mlp is None:
-            return x + b.mlp(b.norm2(x))
-        return x + b.mlp(b.norm2(x)) + self.adapter_mlp(b.norm2(x)) * self.s
-
-
-def official_convpass(ours, side):
-    theirs = OfficialConvpass(ours.down.in_features, ours.down.out_features, side)
-    for dst, src in ((theirs.adapter_down, ours.down), (theirs.adapter_conv, ours.conv), (theirs.adapter_up, ours.up)):
-        dst.load_state_dict(src.state_dict())
-    return theirs
+        h = b.norm1(x)
+        x = x + b.attn(h) + self.s * bypass_by_formula(self.attn_adapter, h, self.training)
+        h = b.norm2(x)
+        if self.mlp_adapter is None:
+            return x + b.mlp(h)
+        return x + b.mlp(h) + self.s * bypass_by_formula(self.mlp_adapter, h, self.training)
 
 
 @pytest.mark.parametrize("mode", ["block", "attn"])
-def test_convpass_equals_the_official_forward(vit, images, mode):
+def test_convpass_is_its_formula(vit, images, mode):
     """The same logits in eval mode, and in train mode under one seed (the same dropout masks)."""
     model = perturb(methods.get("convpass").apply(vit, num_classes=10, mode=mode, scale=0.5))
-
-    def block_fn(i, block):
-        ours = model.blocks[i]
-        mlp = official_convpass(ours.mlp.adapter, 4) if mode == "block" else None
-        return OfficialConvpassBlock(block, official_convpass(ours.attn.adapter, 4), mlp, 0.5)
-
-    ref = reference(vit, model, block_fn)
+    ref = reference(vit, model, lambda i, block: ConvpassByFormula(block, model.blocks[i], 0.5))
     assert max_diff(model.eval(), ref.eval(), images) < 1e-5
+    assert max_diff(ref, with_head(vit, model), images) > 1e-2  # the bypasses act
     with torch.no_grad():
         torch.manual_seed(5)
         ours = model.train()(images)
@@ -343,111 +326,72 @@ def test_convpass_prefix_tokens_and_grid(family_models, images):
         assert model.eval()(images).shape == (3, 10)
 
 
-# -- RepAdapter: transcription of repadapter.py ------------------------------------------------
 
-class OfficialRepAdapter(nn.Module):
-    """repadapter.py ``RepAdapter`` (1x1 Conv1d A, grouped 1x1 Conv1d B, dropout 0.1 between)."""
+# -- RepAdapter: the group-wise adapter and its re-parameterisation ------------------------------
 
-    def __init__(self, in_features, hidden_dim, groups, scale):
+def grouped_up(adapter, h):
+    """B h + b_B, B the grouped 1x1 convolution of ``adapter`` (torch's grouped conv1d)."""
+    weight = adapter.up_weight.unsqueeze(-1)  # (width, dim / groups, 1)
+    return F.conv1d(h.transpose(-1, -2), weight, adapter.up_bias, groups=adapter.groups).transpose(-1, -2)
+
+
+def repadapter_by_formula(adapter, h):
+    """h + s (B (A h + a) + b_B), eval mode."""
+    return h + adapter.scale * grouped_up(adapter, h @ adapter.down.weight.t() + adapter.down.bias)
+
+
+def dense_up(adapter):
+    """B as a dense width x dim matrix: column j is the grouped conv (no bias) of the unit vector e_j."""
+    dim = adapter.down.weight.shape[0]
+    eye = torch.eye(dim).unsqueeze(0)  # (1, dim channels, dim positions)
+    return F.conv1d(eye, adapter.up_weight.unsqueeze(-1), None, groups=adapter.groups)[0]
+
+
+class RepAdapterByFormula(nn.Module):
+    """x + attn(adapter(n1(x))); x + mlp(adapter(n2(x))) (mode block; mode attn: x + mlp(n2(x)))."""
+
+    def __init__(self, block, ours):
         super().__init__()
-        self.conv_A = nn.Conv1d(in_features, hidden_dim, 1, groups=1, bias=True)
-        self.conv_B = nn.Conv1d(hidden_dim, in_features, 1, groups=groups, bias=True)
-        self.dropout = nn.Dropout(0.1)
-        self.groups, self.scale = groups, scale
-
-    def forward(self, x):
-        x = x.transpose(1, 2)
-        x = self.conv_B(self.dropout(self.conv_A(x))) * self.scale + x
-        return x.transpose(1, 2).contiguous()
-
-
-def official_reparameterize(Wa, Wb, Ba, Bb, scale=1, do_residual=False):
-    """repadapter.py ``reparameterize``."""
-    bias = 0
-    id_tensor = 0
-    if Ba is not None:
-        bias = Ba @ Wb
-    if Bb is not None:
-        bias = bias + Bb
-    if do_residual:
-        id_tensor = torch.eye(Wa.shape[0], Wb.shape[1])
-    weight = Wa @ Wb * scale + id_tensor
-    return weight.T, bias * scale if isinstance(bias, torch.Tensor) else None
-
-
-def official_sparse2dense(weight, groups):
-    """repadapter.py ``sparse2dense``."""
-    d, cg = weight.shape
-    dg = d // groups
-    weight = weight.view(groups, dg, cg).transpose(1, 2)
-    new_weight = torch.zeros(cg * groups, d, dtype=weight.dtype)
-    for i in range(groups):
-        new_weight[i * cg:(i + 1) * cg, i * dg:(i + 1) * dg] = weight[i]
-    return new_weight.T
-
-
-def official_rep_weight(adapter, linear, s):
-    """repadapter.py ``set_RepWeight`` for one adapter and the Linear it feeds."""
-    weight_B = official_sparse2dense(adapter.conv_B.weight.squeeze(), adapter.groups)
-    w, b = official_reparameterize(adapter.conv_A.weight.squeeze().T, weight_B.T, adapter.conv_A.bias,
-                                   adapter.conv_B.bias, s, do_residual=True)
-    return official_reparameterize(w.T, linear.weight.T, b, linear.bias)
-
-
-class OfficialRepBlock(nn.Module):
-    """repadapter.py ``forward_vit_block_adapter`` (repblock) / ``forward_vit_attn_adapter`` (repattn)."""
-
-    def __init__(self, block, adapter_attn, adapter_mlp):
-        super().__init__()
-        self.block, self.adapter_attn, self.adapter_mlp = block, adapter_attn, adapter_mlp
+        self.block = block
+        self.attn_adapter = ours.attn.qkv.adapter
+        self.mlp_adapter = ours.mlp.fc1.adapter if hasattr(ours.mlp.fc1, "adapter") else None
 
     def forward(self, x):
         b = self.block
-        x = x + b.attn(self.adapter_attn(b.norm1(x)))
-        return x + b.mlp(self.adapter_mlp(b.norm2(x)) if self.adapter_mlp is not None else b.norm2(x))
-
-
-def official_repadapter(ours, scale):
-    width, dim = ours.down.in_features, ours.down.out_features
-    theirs = OfficialRepAdapter(width, dim, ours.groups, scale)
-    with torch.no_grad():
-        theirs.conv_A.weight.copy_(ours.down.weight.unsqueeze(-1))
-        theirs.conv_A.bias.copy_(ours.down.bias)
-        theirs.conv_B.weight.copy_(ours.up_weight.unsqueeze(-1))
-        theirs.conv_B.bias.copy_(ours.up_bias)
-    return theirs
+        x = x + b.attn(repadapter_by_formula(self.attn_adapter, b.norm1(x)))
+        h = b.norm2(x)
+        return x + b.mlp(h if self.mlp_adapter is None else repadapter_by_formula(self.mlp_adapter, h))
 
 
 @pytest.mark.parametrize("mode", ["block", "attn"])
-def test_repadapter_equals_the_official_forward_and_reparameterisation(vit, images, mode):
+def test_repadapter_is_its_formula_and_reparameterisation(vit, images, mode):
     s = 5.0
     model = perturb(methods.get("repadapter").apply(vit, num_classes=10, mode=mode, scale=s))
-    theirs = {}
-
-    def block_fn(i, block):
-        ours = model.blocks[i]
-        theirs[i] = (official_repadapter(ours.attn.qkv.adapter, s),
-                     official_repadapter(ours.mlp.fc1.adapter, s) if mode == "block" else None)
-        return OfficialRepBlock(block, *theirs[i])
-
-    ref = reference(vit, model, block_fn)
-    assert max_diff(model.eval(), ref.eval(), images) < 1e-5
-    with torch.no_grad():  # the official dropout draws its mask on (batch, dim, tokens), ours on (batch, tokens, dim)
+    ref = reference(vit, model, lambda i, block: RepAdapterByFormula(block, model.blocks[i]))
+    assert max_diff(model.eval(), ref, images) < 1e-5
+    assert max_diff(ref, with_head(vit, model), images) > 1e-2  # the adapters act
+    with torch.no_grad():
         evaluated = model.eval()(images)
         assert (model.train()(images) - evaluated).abs().max() > 1e-3, "no dropout in train mode"
 
     merged = methods.get("repadapter").merge(model)
     with torch.no_grad():
-        for i, (attn, mlp) in theirs.items():
-            w, b = official_rep_weight(attn, vit.blocks[i].attn.qkv, s)
-            torch.testing.assert_close(merged.blocks[i].attn.qkv.weight, w, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(merged.blocks[i].attn.qkv.bias, b, atol=1e-5, rtol=1e-5)
-            if mlp is None:
-                assert torch.equal(merged.blocks[i].mlp.fc1.weight, vit.blocks[i].mlp.fc1.weight)
+        for i, block in enumerate(model.blocks):
+            folded = [("attn.qkv", block.attn.qkv.adapter)]
+            if mode == "block":
+                folded.append(("mlp.fc1", block.mlp.fc1.adapter))
             else:
-                w, b = official_rep_weight(mlp, vit.blocks[i].mlp.fc1, s)
-                torch.testing.assert_close(merged.blocks[i].mlp.fc1.weight, w, atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(merged.blocks[i].mlp.fc1.bias, b, atol=1e-5, rtol=1e-5)
+                assert torch.equal(merged.blocks[i].mlp.fc1.weight, vit.blocks[i].mlp.fc1.weight)
+            for path, adapter in folded:
+                linear = vit.blocks[i].get_submodule(path)
+                up, down, a = dense_up(adapter), adapter.down.weight, adapter.down.bias
+                weight = linear.weight @ (torch.eye(down.shape[1]) + s * up @ down)
+                bias = linear.bias + s * linear.weight @ (up @ a + adapter.up_bias)
+                torch.testing.assert_close(merged.blocks[i].get_submodule(path).weight, weight, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(merged.blocks[i].get_submodule(path).bias, bias, atol=1e-5, rtol=1e-5)
+            for path in ("attn.proj", "mlp.fc2"):
+                new, plain = merged.blocks[i].get_submodule(path), vit.blocks[i].get_submodule(path)
+                assert torch.equal(new.weight, plain.weight)
 
 
 def test_repadapter_up_is_grouped(vit):
@@ -472,6 +416,7 @@ def test_repadapter_inits(vit, images):
         assert 0.8 * bound < a.down.weight.abs().max() <= bound
         assert not a.down.bias.any() and not a.up_weight.any() and not a.up_bias.any()
         assert [m.p for m in a.modules() if isinstance(m, nn.Dropout)] == [0.1]
+
 
 
 # -- BitFit ------------------------------------------------------------------------------------
