@@ -22,6 +22,11 @@ their biases not. NOAH builds its optimizer with timm's ``create_optimizer``
 (``supernet_train_prompt.py``; ``configs/Adapter/VTAB/slurm_train_adapter_vtab.sh`` weight decay
 1e-4). AdaptFormer's ``main_image.py`` gives one SGD weight decay (default 0) to every trainable
 tensor; not followed here.
+
+Drop path: the adapter stands in for ``block.mlp``, so the block's ``drop_path2`` (timm's stochastic
+depth, ``--drop-path-rate``) also drops the adapter's output; both official blocks add the adapter
+outside the MLP branch's drop path. At the default rate 0 the two are the same; the comparison
+script (``python -m benchmarks.official.adapter``) compares them at rate 0.
 """
 from __future__ import annotations
 
@@ -92,7 +97,9 @@ class Adapter(Method):
     code = ("parallel: ShoufaChen/AdaptFormer models/adapter.py, models/custom_modules.py; "
             "sequential: ZhangYuanhan-AI/NOAH model/module/adapter_super.py")
     deviations = ("parallel: AdamW with timm's weight decay rule, not AdaptFormer's SGD with one weight decay "
-                  "(default 0) for every tensor; sequential: none")
+                  "(default 0) for every tensor; both: the adapter stands in for the block's MLP, so under "
+                  "--drop-path-rate > 0 its output passes the block's drop path, which both official blocks "
+                  "apply to the MLP branch alone (no effect at the default rate 0)")
     identity_at_init = True  # equals the backbone at init: parallel (default) adds a zero-initialised up
     defaults = {"mode": "parallel", "bottleneck": 8, "scale": 0.1}
     help = {

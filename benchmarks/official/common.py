@@ -1,4 +1,4 @@
-"""What the comparison scripts of adapter_plus, dtl and gps share: the report table, the demo ViT,
+"""What the comparison scripts share: the report table, the demo ViT,
 inputs, and the command line (``--repo``; the header with the official commit; the exit status:
 0 when every check ran and passed, 1 otherwise, 2 from ``load.require`` when ``--repo`` is not a
 checkout of the official repository)."""
