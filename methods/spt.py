@@ -6,7 +6,10 @@ other sensitive entries train one by one (unstructured). As ziplab/SPT builds it
 ``engine.py`` ``get_sensitivity`` (the selection: ``methods._spt_plan``), ``train_spt.py`` (how a
 selection becomes a model), ``model/vision_transformer_timm.py`` (``VisionTransformerSPT``,
 ``BlockSPTParallel`` / ``BlockSPTSeq``, ``StructuredTuningModule``, ``LinearSPTSparseGrad``), with
-the settings of ``configs/vtab_supervised_spt_{lora,adapter}{_sensitivity,}.sh``.
+the settings of ``configs/vtab_supervised_spt_{lora,adapter}{_sensitivity,}.sh``. Compared with that
+code (the pass, the sweep, the models, training steps, the cifar count below) by
+``benchmarks/official/spt.py``, which reads it from a checkout (results: docs/measurements.md);
+tests/test_spt.py checks the rules written here.
 
 The selection (``select``, called by ``bench.train.fit`` once per fit on its training split only,
 in the split's order, before the optimizer exists; ``get_sensitivity``): the model in train mode

@@ -16,10 +16,20 @@ The comparison scripts of this package import official code from a checkout the 
   ``register_model`` as the identity, so that loading a model file does not re-register timm's
   model names; a name an old timm API had in a module that is gone; a logging helper of the
   checkout; ``module.__replaced__`` lists them); failures raise ``LoadError`` (one line);
+- ``exec_source(repo, relpath, namespace, names=..., branch=...)``: execute parts of one file of the
+  checkout (read with ``ast``, run from the file itself, never copied) in ``namespace``, a dict the
+  caller fills with what those parts use, for code that cannot run as a module or sits inside a
+  function: ``names``, top-level definitions (``def``, ``class``, an assignment) by name, in the
+  file's order; ``branch=(function, test, taken)``: the statements of one branch of the ``if`` in
+  top-level ``function`` (at any depth) whose condition reads ``test`` (as ``ast.unparse`` writes
+  it; the first such ``if`` in the file's order), its body when ``taken``, else its ``else``;
+  tracebacks point at the file's own lines; a part not found, or an error while it runs, raises
+  ``LoadError``; returns ``namespace``;
 - ``commit_of(repo)``: the checkout's ``HEAD`` commit, or ``None`` (not a git checkout, no git).
 """
 from __future__ import annotations
 
+import ast
 import importlib.abc
 import importlib.util
 import subprocess
@@ -154,3 +164,47 @@ def load_module(repo: Path | str, relpath: str, name: str, *, path: Sequence[str
     module.__absent__ = sorted(stubs.used)
     module.__replaced__ = sorted(f"{m}.{n}" for m, names in replace.items() for n in names)
     return module
+
+
+def _defines(node: ast.stmt) -> set[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def exec_source(repo: Path | str, relpath: str, namespace: dict, *, names: Sequence[str] = (),
+                branch: tuple[str, str, bool] | None = None) -> dict:
+    repo = Path(repo)
+    file = repo / relpath
+    if not file.is_file():
+        fail(f"{repo} has no {relpath}")
+    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+    chosen: list[ast.stmt] = []
+    if names:
+        wanted, found = set(names), set()
+        for node in tree.body:
+            if _defines(node) & wanted:
+                chosen.append(node)
+                found |= _defines(node) & wanted
+        if wanted - found:
+            raise LoadError(f"{relpath}: no top-level definition of {', '.join(sorted(wanted - found))}")
+    if branch is not None:
+        function, test, taken = branch
+        defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function]
+        if not defs:
+            raise LoadError(f"{relpath}: no top-level function {function}")
+        ifs = sorted((n for n in ast.walk(defs[0]) if isinstance(n, ast.If) and ast.unparse(n.test) == test),
+                     key=lambda n: (n.lineno, n.col_offset))
+        if not ifs:
+            raise LoadError(f"{relpath}: no `if {test}:` in {function}")
+        body = ifs[0].body if taken else ifs[0].orelse
+        if not body:
+            raise LoadError(f"{relpath}: the `if {test}:` in {function} has no {'body' if taken else 'else'}")
+        chosen += body
+    code = compile(ast.Module(body=chosen, type_ignores=[]), str(file), "exec")
+    try:
+        exec(code, namespace)
+    except Exception as exc:  # the official code's own failure, reported in one line
+        raise LoadError(f"{relpath}: {type(exc).__name__}: {exc}") from exc
+    return namespace
