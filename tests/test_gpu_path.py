@@ -3,7 +3,7 @@
 Every registered method (parametrized over ``methods.names()``: a method registered later is
 covered at once) on the demo architecture (``small_vit``: random, non-trivial 1-d tensors):
 
-- bf16: a few training steps of ``bench.train.train_step`` under bf16 autocast on CPU give finite
+- bf16: a few training steps of ``bench.steps.train_step`` under bf16 autocast on CPU give finite
   losses close to fp32's, gradients reach exactly the trainable tensors (fp32, as the parameters
   stay), and after bf16 training the merged model still matches the adapted one in fp32 eval;
 - compile: the compiled step of a fit (``bench.train._step_fn`` with ``compile=True``) gives the
@@ -80,7 +80,7 @@ def adapted(name: str, backbone: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def fit_steps(model: nn.Module, step_fn, images: torch.Tensor, precision: str, steps: int = STEPS) -> list[float]:
-    """``steps`` optimizer steps of ``bench.train.train_step`` (AdamW, no weight decay) on one batch;
+    """``steps`` optimizer steps of ``bench.steps.train_step`` (AdamW, no weight decay) on one batch;
     the losses. The dropout's random numbers start from one seed, the same for every call."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     torch.manual_seed(1)

@@ -14,7 +14,7 @@ import methods
 from bench.run import protocol
 from bench.run import spec as spec_mod
 from bench.run import study as tune
-from bench import tracking, train
+from bench import steps, tracking, train
 from bench.cli import main
 from bench.errors import UserError
 from bench.identity import Experiment
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_without_doing_a_final_twice(tmp_path, monkeypat
 
 
 def test_diverging_trial_is_pruned_with_reason_and_the_run_goes_on(tmp_path, monkeypatch):
-    real_ce = train.F.cross_entropy
+    real_ce = steps.F.cross_entropy  # the loss of bench.steps.train_step
     state = {"calls": 0}
 
     def nan_once(logits, y):
@@ -112,7 +112,7 @@ def test_diverging_trial_is_pruned_with_reason_and_the_run_goes_on(tmp_path, mon
         loss = real_ce(logits, y)
         return loss * float("nan") if state["calls"] == 1 else loss
 
-    monkeypatch.setattr(train.F, "cross_entropy", nan_once)
+    monkeypatch.setattr(steps.F, "cross_entropy", nan_once)
     args = ["run", "--methods", "lora", "--tasks", "digits", "--epochs", "1", "--trials", "2", "--seeds", "1",
             "--out", str(tmp_path), "--no-report", "--jobs", "1"]
     assert main(args) == 0
