@@ -75,6 +75,56 @@ def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def recording_splits(n_train: int, n_eval: int = 12, classes: int = 5):
+    """A training and an evaluation split of random 32-pixel images (drawn in that order from one
+    generator, seed 3; labels ``i % classes``) whose datasets record, in order, the index of every
+    item read (``.log``; the images: ``.tensors[0]``): to see what a fit hands to ``select``."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    class Recording(TensorDataset):
+        def __init__(self, x):
+            super().__init__(x, torch.arange(len(x)) % classes)
+            self.log = []
+
+        def __getitem__(self, index):
+            self.log.append(index)
+            return super().__getitem__(index)
+
+    g = torch.Generator().manual_seed(3)
+    train_x, eval_x = torch.randn(n_train, 3, 32, 32, generator=g), torch.randn(n_eval, 3, 32, 32, generator=g)
+    return Recording(train_x), Recording(eval_x)
+
+
+def plain_fit(model, data, *, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
+              total_steps: int, loss=None, after_step=None) -> None:
+    """``bench.train.fit``'s loop for a method without hooks, written out on ``model`` (CPU, no workers,
+    no warmup): ``seed_everything(seed)``, the shuffled loader of that seed, ``make_optimizer``'s AdamW,
+    the cosine schedule over ``total_steps``, train mode; each step the loss (``loss(x, y)``, else the
+    cross-entropy of ``model(x)``), zero_grad, backward, the optimizer's step, ``after_step(step)`` (the
+    step counted from 0), the schedule's update."""
+    import torch
+
+    from bench import train
+
+    train.seed_everything(seed)
+    loader = train._loader(data, batch_size, True, seed, 0, "cpu")
+    optimizer = train.make_optimizer(model, lr, weight_decay, "cpu")
+    schedule = train.cosine_schedule(optimizer, lr, total_steps, 0)
+    model.train()
+    step = 0
+    for _ in range(epochs):
+        for x, y in loader:
+            value = loss(x, y) if loss is not None else torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            step += 1
+            schedule.step_update(step)
+
+
 def find_study(storage, method: str, task: str, final: bool = False, **experiment):
     """The tuning (or ``final``-fit) study of (method, task) a run opened, found by the identity it
     stores (as `bench report` finds studies), never by its name; ``experiment``: fields the study's

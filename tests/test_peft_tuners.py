@@ -27,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 import methods
 import specs_peft
 from bench.backbones import create_meta
+from conftest import perturb_trainable, plain_fit
 from methods import peft_compat, peft_tuners
 from methods.base import _REGISTRY, register
 from methods.families import ATTN_PROJ, FC1, layout_of
@@ -61,13 +62,6 @@ def x(images):
 def applied(name, base, seed, **hp):
     torch.manual_seed(seed)
     return methods.get(name).apply(base, num_classes=10, **hp)
-
-
-def perturb(model, std=0.1):
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn_like(p))
 
 
 def bare_config(peft, row):
@@ -196,7 +190,7 @@ def test_merge_and_unload_uses_peft_s_layer_merge(vit, x, monkeypatch):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model = applied("dora", vit, 0).eval()
-    perturb(model)
+    perturb_trainable(model)
     cls = type(model.blocks[0].attn.qkv)
     real, calls = cls.merge, []
     monkeypatch.setattr(cls, "merge", lambda self, *a, **k: (calls.append(k), real(self, *a, **k))[1])
@@ -262,7 +256,7 @@ def test_vera_projections_are_shared_seeded_saved_and_merged(vit, x):
     assert layers[0].vera_B["default"].shape == (288, 256)
     keys = model.state_dict()
     assert all(f"blocks.{i}.attn.qkv.vera_A.default" in keys for i in range(len(layers)))
-    perturb(model)
+    perturb_trainable(model)
     other = applied("vera", vit, 4)  # other projections ...
     assert not torch.equal(other.blocks[0].attn.qkv.vera_A["default"], layers[0].vera_A["default"])
     other.load_state_dict(model.state_dict())  # ... until the state_dict brings the saved ones
@@ -308,7 +302,7 @@ def test_lily_shares_its_b_s_across_all_blocks_and_a_within_a_stride(vit):
 
 def test_pvera_samples_in_training_and_merges_its_mean(vit, x):
     model = applied("pvera", vit, 0)
-    perturb(model)
+    perturb_trainable(model)
     with torch.no_grad():
         model.train()
         assert not torch.equal(model(x), model(x))  # a sample per forward
@@ -336,7 +330,7 @@ def test_sizes_peft_needs_to_divide_the_layers_follow_the_backbone(vit, peft, na
 @pytest.mark.parametrize("name", MERGEABLE)
 def test_merge_is_peft_merge_into_the_plain_model(vit, x, name):
     model = applied(name, vit, 0).eval()
-    perturb(model)
+    perturb_trainable(model)
     before = state(model)
     merged = methods.get(name).merge(model).eval()
     plain = copy.deepcopy(vit)
@@ -358,7 +352,7 @@ def test_merge_is_peft_merge_into_the_plain_model(vit, x, name):
 
 def test_ia3_scales_qkv_outputs_and_fc2_inputs(vit):
     model = applied("ia3", vit, 0)
-    perturb(model)
+    perturb_trainable(model)
     block, plain = model.blocks[0], vit.blocks[0]
     h = torch.randn(2, 5, 96)
     lq = block.attn.qkv.ia3_l["default"].flatten()
@@ -376,7 +370,7 @@ def test_the_stated_deviation_the_fused_qkv_changes_q_k_and_v(vit, name):
     spectrum covers all 3 x width rows (on ViT-B/16: 64,512 / 30,720 / 12,000 / 27,648 trainable
     against the papers' 55,296 / 24,576 / 24,000 / 9,216)."""
     model = applied(name, vit, 0)
-    perturb(model)  # VeRA's b and BEFT's bias start at zero, IA3's scales at one: move them
+    perturb_trainable(model)  # VeRA's b and BEFT's bias start at zero, IA3's scales at one: move them
     layer, plain = model.blocks[0].attn.qkv, vit.blocks[0].attn.qkv
     trainable = {n: p for n, p in layer.named_parameters() if p.requires_grad}
     width = 96
@@ -592,21 +586,9 @@ def adalora_fits(peft, vit):
     # 16 steps: tinit = floor(0.15 x 16) = 2, tfinal = floor(0.5 x 16) = 8
     base, tuner = peft_adalora(peft, vit, 5, total_step=16, tinit=2, tfinal=8, deltaT=2)
     assert all(torch.equal(v, init[k]) for k, v in base.state_dict().items()), "not the same model at init"
-    train.seed_everything(3)
-    loader = train._loader(_adalora_data(), 6, True, 3, 0, "cpu")
-    optimizer = train.make_optimizer(base, 3e-2, 1e-4, "cpu")
-    schedule = train.cosine_schedule(optimizer, 3e-2, 16, 0)
-    base.train()
-    step = 0
-    for _ in range(4):
-        for x, y in loader:
-            loss = tuner(x, y).loss  # + orth_reg_weight x the regulariser, added by peft
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            tuner.update_and_allocate(step)  # peft's docs: after optimizer.step(), the step counted from 0
-            step += 1
-            schedule.step_update(step)
+    plain_fit(base, _adalora_data(), epochs=4, batch_size=6, lr=3e-2, weight_decay=1e-4, seed=3, total_steps=16,
+              loss=lambda x, y: tuner(x, y).loss,  # + orth_reg_weight x the regulariser, added by peft
+              after_step=tuner.update_and_allocate)  # peft's docs: after optimizer.step(), the step counted from 0
     return ours, base, tuner
 
 
@@ -642,7 +624,7 @@ def test_adalora_merges_its_masked_ranks_through_peft(adalora_fits, x):
 
 def test_adalora_regulariser_is_the_term_peft_s_forward_adds(peft, vit, x):
     base, tuner = peft_adalora(peft, vit, 0, total_step=10, tinit=0, tfinal=0)
-    perturb(base)  # as if trained: the factors are no longer near zero
+    perturb_trainable(base)  # as if trained: the factors are no longer near zero
     ours = applied("adalora", vit, 0)
     ours.load_state_dict(base.state_dict())
     labels = torch.arange(len(x)) % 10

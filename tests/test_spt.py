@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 import methods
 from bench import train
 from bench.backbones import DEMO_CONFIG
-from conftest import perturb_trainable
+from conftest import perturb_trainable, recording_splits
 from methods._spt_plan import Selection, sweep
 from methods.spt import SPTLinear, build, placeholder
 
@@ -323,28 +323,13 @@ def test_placeholder_is_q_and_v_of_every_block(demo_vit):
 
 # ============================================================== the selection in a fit
 
-class _Recording(TensorDataset):
-    """A dataset that says which of its items were read, in order."""
-
-    def __init__(self, *tensors, log: list):
-        super().__init__(*tensors)
-        self.log = log
-
-    def __getitem__(self, index):
-        self.log.append(index)
-        return super().__getitem__(index)
-
-
 @pytest.mark.parametrize("n,read", [(40, 40), (600, 512)])
 def test_fit_selects_once_from_the_first_training_images_in_order(demo_vit, monkeypatch, n, read):
     """``bench.train.fit`` calls ``select`` once, before any optimizer step, with the training split in
     its order (``select_in_order``) and nothing of the evaluation split; SPT reads the first 16 x 32
     images and no more; the selection is the one ``select`` makes on those batches."""
-    g = torch.Generator().manual_seed(3)
-    train_x, eval_x = torch.randn(n, 3, 32, 32, generator=g), torch.randn(12, 3, 32, 32, generator=g)
-    train_read, eval_read = [], []
-    train_ds = _Recording(train_x, torch.arange(n) % 5, log=train_read)
-    eval_ds = _Recording(eval_x, torch.arange(12) % 5, log=eval_read)
+    train_ds, eval_ds = recording_splits(n)
+    train_x, train_read, eval_read = train_ds.tensors[0], train_ds.log, eval_ds.log
     spt = methods.get("spt_lora")
     calls, original = [], type(spt).select
 

@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 import methods
 from bench import train
 from bench.backbones import DEMO_CONFIG, create_backbone
+from conftest import plain_fit
 from methods.families import DROP_PATHS, set_drop_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -219,20 +220,7 @@ def test_a_method_without_hooks_trains_as_the_plain_loop(backbone):
     result, model = _hooked_fit(backbone, "lora")
     train.seed_everything(0)
     ref = methods.get("lora").apply(backbone, num_classes=5)
-    train.seed_everything(3)
-    loader = train._loader(_data(24), 8, True, 3, 0, "cpu")
-    opt = train.make_optimizer(ref, 3e-3, 1e-4, "cpu")
-    schedule = train.cosine_schedule(opt, 3e-3, 9, 0)
-    ref.train()
-    step = 0
-    for _ in range(3):
-        for x, y in loader:
-            loss = torch.nn.functional.cross_entropy(ref(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            schedule.step_update(step)
+    plain_fit(ref, _data(24), epochs=3, batch_size=8, lr=3e-3, weight_decay=1e-4, seed=3, total_steps=9)
     state = model.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in ref.state_dict().items())
     lora = methods.get("lora")

@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 
 import methods
 from bench import train
-from conftest import perturb_trainable, randomise_1d, with_head_of
+from conftest import perturb_trainable, randomise_1d, recording_splits, with_head_of
 from methods.gps import GPSWeight, random_resized_crops, supcon_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -415,27 +415,12 @@ def test_random_resized_crops_follow_their_generator():
 
 # =========================================================== the fit hands select its training split
 
-class _Recording(TensorDataset):
-    """A dataset that says which of its items were read."""
-
-    def __init__(self, *tensors, log: list):
-        super().__init__(*tensors)
-        self.log = log
-
-    def __getitem__(self, index):
-        self.log.append(index)
-        return super().__getitem__(index)
-
-
 def test_fit_selects_once_from_the_training_split_only(demo_vit, monkeypatch):
     """``bench.train.fit`` calls ``select`` once, before any optimizer step, with every item of the
     training split and nothing of the evaluation split; the selection it makes is the one ``select``
     makes on that split's batches in the fit's loader order and seed."""
-    g = torch.Generator().manual_seed(3)
-    train_x, eval_x = torch.randn(20, 3, 32, 32, generator=g), torch.randn(12, 3, 32, 32, generator=g)
-    train_read, eval_read = [], []
-    train_ds = _Recording(train_x, torch.arange(20) % 5, log=train_read)
-    eval_ds = _Recording(eval_x, torch.arange(12) % 5, log=eval_read)
+    train_ds, eval_ds = recording_splits(20)
+    train_x, train_read, eval_read = train_ds.tensors[0], train_ds.log, eval_ds.log
     gps = methods.get("gps")
     calls, original = [], type(gps).select
 

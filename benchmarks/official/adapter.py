@@ -49,7 +49,6 @@ of the repository it is given for.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import functools
@@ -63,8 +62,9 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmarks.official.common import Report, demo_vit, images, max_diff, perturb, with_head_of
-from benchmarks.official.load import LoadError, commit_of, load_module, require
+from benchmarks.official.common import (Report, compare_logits, demo_vit, images, perturb, run_checkouts, vit_b_count,
+                                        with_head_of)
+from benchmarks.official.load import LoadError, load_module
 
 ADAPTFORMER = "ShoufaChen/AdaptFormer"
 NOAH = "ZhangYuanhan-AI/NOAH"
@@ -141,6 +141,15 @@ def vit_shape(base: nn.Module) -> dict:
                 qkv_bias=block.attn.qkv.bias is not None, norm_layer=functools.partial(nn.LayerNorm, eps=block.norm1.eps))
 
 
+def adapter_state(model: nn.Module, module: str, down: str, up: str) -> dict:
+    """``model``'s adapters' tensors under the official names: ``blocks.{i}.{module}.{down|up}.{weight|bias}``
+    for our down and up projections."""
+    return {f"blocks.{i}.{module}.{theirs}.{t}": getattr(ours, t)
+            for i, block in enumerate(model.blocks)
+            for theirs, ours in ((down, block.mlp.adapter.down), (up, block.mlp.adapter.up))
+            for t in ("weight", "bias")}
+
+
 def official_parallel(af, repo: Path, base: nn.Module, model: nn.Module) -> nn.Module:
     """AdaptFormer's ``VisionTransformer`` (class token, ``global_pool=False``) holding ``base``'s tensors,
     ``model``'s head and adapters."""
@@ -158,11 +167,7 @@ def official_parallel(af, repo: Path, base: nn.Module, model: nn.Module) -> nn.M
             state[".".join(parts[:2] + parts[3:])] = value
         else:
             state[key] = value
-    for i, block in enumerate(model.blocks):
-        adapter = block.mlp.adapter
-        for theirs, ours in (("down_proj", adapter.down), ("up_proj", adapter.up)):
-            for t in ("weight", "bias"):
-                state[f"blocks.{i}.adaptmlp.{theirs}.{t}"] = getattr(ours, t)
+    state.update(adapter_state(model, "adaptmlp", "down_proj", "up_proj"))
     ref.load_state_dict(state, strict=True)
     return ref.eval()
 
@@ -189,11 +194,7 @@ def official_sequential(noah, dropout: float, base: nn.Module, model: nn.Module)
     bottleneck = model.peft_hparams["bottleneck"]
     ref = build_noah(noah, base, model.num_classes, bottleneck, dropout)
     state = dict(with_head_of(base, model).state_dict())
-    for i, block in enumerate(model.blocks):
-        adapter = block.mlp.adapter
-        for theirs, ours in (("ln1", adapter.down), ("ln2", adapter.up)):
-            for t in ("weight", "bias"):
-                state[f"blocks.{i}.adapter.{theirs}.{t}"] = getattr(ours, t)
+    state.update(adapter_state(model, "adapter", "ln1", "ln2"))
     ref.load_state_dict(state, strict=True)
     sample_adapter_only(ref, bottleneck)
     return ref.eval()
@@ -239,19 +240,8 @@ def check_forward(report: Report, mode: str, make_official) -> None:
         ref = make_official(base, model)
         shown = ("bottleneck", "scale") if mode == "parallel" else ("bottleneck",)  # sequential has no scale
         label = f"{mode}, " + ", ".join(f"{k} {model.peft_hparams[k]}" for k in shown)
-        with torch.no_grad():
-            theirs = ref.eval()(x)
-            moved = max_diff(theirs, with_head_of(base, model)(x))
-            report.diff(f"demo ViT ({label}), eval: logits ours vs official (official vs the backbone: "
-                        f"{moved:.1e}, the adapters act)", max_diff(model.eval()(x), theirs), TOL, ok=moved > 1e-2)
-            torch.manual_seed(5)
-            ours = model.train()(x)
-            torch.manual_seed(5)
-            theirs = ref.train()(x)
-            torch.manual_seed(6)
-            other = max_diff(model(x), ours)
-            report.diff(f"demo ViT ({label}), train mode, one seed: logits ours vs official (another seed "
-                        f"moves ours by {other:.1e}: dropout acts)", max_diff(ours, theirs), TOL, ok=other > 1e-3)
+        compare_logits(report, f"demo ViT ({label})", model, ref, x, base, TOL,
+                       acts=("the adapters act", "dropout acts"))
 
 
 def check_init(report: Report, af, noah, noah_dropout: float) -> None:
@@ -294,52 +284,30 @@ def check_init(report: Report, af, noah, noah_dropout: float) -> None:
 
 
 def check_counts(report: Report, af, noah) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     per = {"parallel": sum(p.numel() for p in af.Adapter(d_model=768, bottleneck=8, init_option="lora",
                                                           adapter_layernorm_option="none").parameters()),
            "sequential": 0}
     with contextlib.redirect_stdout(io.StringIO()):  # AdapterSuper prints its width
         per["sequential"] = sum(p.numel() for p in noah.AdapterSuper(768, 8).parameters())
     for mode, n in per.items():
-        ours = methods.count_trainable(methods.get("adapter").apply(create_meta("vit_base_patch16_224"),
-                                                                    num_classes=100, mode=mode))
+        ours = vit_b_count("adapter", mode=mode)
         report.add(f"count ViT-B/16 ({mode}, bottleneck 8): 12 official adapters = ours", f"{12 * n:,} / {ours:,}",
                    12 * n == ours)
 
 
+def body(af_repo: Path, noah_repo: Path, report: Report) -> None:
+    af, noah = load_adaptformer(af_repo), load_noah(noah_repo)
+    noah_dropout = argument_default((noah_repo / "supernet_train_prompt.py").read_text(), "--drop_rate_adapter")
+    check_config(report, af_repo, noah_repo, noah_dropout, af)
+    check_forward(report, "parallel", functools.partial(official_parallel, af, af_repo))
+    check_forward(report, "sequential", functools.partial(official_sequential, noah, noah_dropout))
+    check_init(report, af, noah, noah_dropout)
+    check_counts(report, af, noah)
+
+
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # the checkouts' old import paths
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adaptformer", required=True, type=Path, help=f"a checkout of {ADAPTFORMER}")
-    parser.add_argument("--noah", required=True, type=Path, help=f"a checkout of {NOAH}")
-    args = parser.parse_args(argv)
-    af_repo = require(args.adaptformer, ADAPTFORMER_FILES, ADAPTFORMER)
-    noah_repo = require(args.noah, NOAH_FILES, NOAH)
-    torch.set_num_threads(1)
-    import timm
-
-    for name, repo in ((ADAPTFORMER, af_repo), (NOAH, noah_repo)):
-        print(f"official code: {name} at {commit_of(repo) or '(commit unknown: not a git checkout)'} ({repo})")
-    print(f"ours: methods/adapter.py (registered 'adapter'); torch {torch.__version__}, timm {timm.__version__}; "
-          "fp32, CPU, one thread\n")
-    report = Report()
-    try:
-        af, noah = load_adaptformer(af_repo), load_noah(noah_repo)
-        noah_dropout = argument_default((noah_repo / "supernet_train_prompt.py").read_text(), "--drop_rate_adapter")
-        check_config(report, af_repo, noah_repo, noah_dropout, af)
-        check_forward(report, "parallel", functools.partial(official_parallel, af, af_repo))
-        check_forward(report, "sequential", functools.partial(official_sequential, noah, noah_dropout))
-        check_init(report, af, noah, noah_dropout)
-        check_counts(report, af, noah)
-    except LoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        report.print()
-        return 1
-    return report.print()
+    return run_checkouts(__doc__, {"adaptformer": (ADAPTFORMER, ADAPTFORMER_FILES), "noah": (NOAH, NOAH_FILES)},
+                         "methods/adapter.py (registered 'adapter')", body, argv, old_timm=True)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmarks.official.common import (Report, demo_vit, images, load_backbone, max_diff, perturb, run,
-                                        with_head_of)
+from benchmarks.official.common import (Report, compare_logits, demo_vit, images, load_backbone, max_diff, perturb,
+                                        run, vit_b_count, with_head_of)
 from benchmarks.official.load import load_module
 
 REPOSITORY = "visinf/adapter_plus"
@@ -147,30 +147,14 @@ def check_forward(report: Report, vit_adapter, cfg) -> None:
         perturb(model, std=0.05)
         ref = official_model(vit_adapter, cfg, base, model)
         label = ", ".join(f"{k} {v}" for k, v in model.peft_hparams.items())
-        with torch.no_grad():
-            theirs = ref.eval()(x)
-            moved = max_diff(theirs, with_head_of(base, model)(x))
-            report.diff(f"demo ViT ({label}), eval: logits ours vs official (official vs the backbone: "
-                        f"{moved:.1e}, the adapters act)", max_diff(model.eval()(x), theirs), TOL, ok=moved > 1e-2)
-            torch.manual_seed(5)
-            ours = model.train()(x)
-            torch.manual_seed(5)
-            theirs = ref.train()(x)
-            torch.manual_seed(6)
-            other = max_diff(model(x), ours)
-            report.diff(f"demo ViT ({label}), train mode, one seed: logits ours vs official "
-                        f"(another seed moves ours by {other:.1e}: drop path acts)", max_diff(ours, theirs), TOL,
-                        ok=other > 1e-3)
+        compare_logits(report, f"demo ViT ({label})", model, ref, x, base, TOL,
+                       acts=("the adapters act", "drop path acts"))
 
 
 def check_count(report: Report, vit_adapter, cfg) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     torch.manual_seed(0)
     official = 12 * sum(p.numel() for p in official_adapter(vit_adapter, cfg, 768).parameters() if p.requires_grad)
-    ours = methods.count_trainable(methods.get("adapter_plus").apply(create_meta("vit_base_patch16_224"),
-                                                                     num_classes=100))
+    ours = vit_b_count("adapter_plus")
     report.add("count ViT-B/16 (dim 8): 12 official Adapters = ours", f"{official:,} / {ours:,}", official == ours)
 
 
@@ -185,10 +169,8 @@ def body(repo: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
-    return run(__doc__, REPOSITORY, FILES, "methods/adapter_plus.py (registered 'adapter_plus')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/adapter_plus.py (registered 'adapter_plus')", body, argv,
+               old_timm=True)
 
 
 if __name__ == "__main__":

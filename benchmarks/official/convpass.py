@@ -34,7 +34,6 @@ of JieShibo/PETL-ViT.
 """
 from __future__ import annotations
 
-import copy
 import re
 import sys
 from pathlib import Path
@@ -43,7 +42,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmarks.official.common import Report, images, max_diff, perturb, randomised_vit, run, with_head_of
+from benchmarks.official.common import (Report, check_vit_b_count, compare_logits, images, perturb, randomised_vit,
+                                        run, search_space, vit_b, with_head_of)
 from benchmarks.official.load import LoadError, load_module
 
 REPOSITORY = "JieShibo/PETL-ViT"
@@ -90,19 +90,7 @@ def check_forward(report: Report, convpass) -> None:
             perturb(model, std=STD)
             ref = official_model(convpass, base, model)
             label = f"mode {mode} ({METHODS[mode]}), scale {model.peft_hparams['scale']:g}"
-            with torch.no_grad():
-                theirs = ref.eval()(x)
-                moved = max_diff(theirs, with_head_of(base, model)(x))
-                report.diff(f"{label}, eval: logits ours vs official (official vs the backbone: {moved:.1e})",
-                            max_diff(model.eval()(x), theirs), TOL, ok=moved > 1e-2)
-                torch.manual_seed(5)
-                ours = model.train()(x)
-                torch.manual_seed(5)
-                theirs = ref.train()(x)
-                torch.manual_seed(6)
-                other = max_diff(model(x), ours)
-                report.diff(f"{label}, train mode, one seed: logits ours vs official (another seed moves ours by "
-                            f"{other:.1e}: dropout acts)", max_diff(ours, theirs), TOL, ok=other > 1e-3)
+            compare_logits(report, label, model, ref, x, base, TOL, acts=("", "dropout acts"))
 
 
 def check_init(report: Report, convpass) -> None:
@@ -127,27 +115,17 @@ def check_init(report: Report, convpass) -> None:
 
 
 def check_count(report: Report, convpass) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     for mode, method in METHODS.items():
-        vit_b = create_meta("vit_base_patch16_224")
-        theirs = copy.deepcopy(vit_b)
+        theirs = vit_b()
         convpass.set_Convpass(theirs, method, dim=8, s=1)
-        counted = sum(p.numel() for n, p in theirs.named_parameters() if "adapter" in n)
-        ours = methods.count_trainable(methods.get("convpass").apply(vit_b, num_classes=100, mode=mode))
-        report.add(f"count ViT-B/16, {method}: official (tensors named adapter) = ours", f"{counted:,} / {ours:,}",
-                   counted == ours)
+        check_vit_b_count(report, f"count ViT-B/16, {method}: official (tensors named adapter) = ours", theirs,
+                          "adapter", "convpass", mode=mode)
 
 
 def check_settings(report: Report, repo: Path) -> None:
-    import optuna
-
     import methods
 
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    methods.get("convpass").search_space(trial)
-    space = {k: list(d.choices) for k, d in trial.distributions.items()}
+    space = search_space("convpass")
     inits = {False: "identity", True: "xavier"}
     union = set()
     for method in METHODS.values():
@@ -168,9 +146,6 @@ def check_settings(report: Report, repo: Path) -> None:
 
 
 def body(repo: Path, report: Report) -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     convpass = load_module(repo, "convpass/vtab/convpass.py", "petl_vit_convpass")
     print("note: each timm 1.0.31 Block gets its drop_path1 (Identity) as the drop_path the official forward calls")
     check_forward(report, convpass)
@@ -180,10 +155,7 @@ def body(repo: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
-    return run(__doc__, REPOSITORY, FILES, "methods/convpass.py (registered 'convpass')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/convpass.py (registered 'convpass')", body, argv, old_timm=True)
 
 
 if __name__ == "__main__":

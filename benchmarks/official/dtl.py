@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from benchmarks.official.common import (Report, images, load_backbone, max_diff, perturb, randomised_vit, run,
-                                        with_head_of)
+from benchmarks.official.common import (Report, check_vit_b_count, images, load_backbone, max_diff, perturb,
+                                        randomised_vit, run, with_head_of)
 from benchmarks.official.load import load_module
 
 REPOSITORY = "heekhero/DTL"
@@ -149,18 +149,12 @@ def check_init(report: Report, vit_module, settings: dict[str, set[str]]) -> Non
 
 
 def check_count(report: Report, vit_module, settings: dict[str, set[str]]) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     before = blocks(next(iter(settings["lora_before_blocks"])))
     after = blocks(next(iter(settings["add_after_blocks"])))
     for fusion in (0, 3):
         official = official_model(vit_module, VIT_B, 100, 2, 100.0, fusion, before, after)  # CPU: it calls .item()
-        theirs = sum(p.numel() for n, p in official.named_parameters() if "lora_" in n)
-        ours = methods.count_trainable(methods.get("dtl").apply(create_meta("vit_base_patch16_224"),
-                                                                num_classes=100, fusion_size=fusion))
-        report.add(f"count ViT-B/16 ({'DTL' if not fusion else 'DTL+ 3x3'}): official 'lora_' tensors = ours",
-                   f"{theirs:,} / {ours:,}", theirs == ours)
+        check_vit_b_count(report, f"count ViT-B/16 ({'DTL' if not fusion else 'DTL+ 3x3'}): official 'lora_' tensors = "
+                          "ours", official, "lora_", "dtl", fusion_size=fusion)
 
 
 def body(repo: Path, report: Report) -> None:
@@ -178,9 +172,8 @@ def body(repo: Path, report: Report) -> None:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
     warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")  # DTL+ 4x4 (both)
-    return run(__doc__, REPOSITORY, FILES, "methods/dtl.py (registered 'dtl')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/dtl.py (registered 'dtl')", body, argv, old_timm=True)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ when ``--repo`` is not a checkout of JieShibo/PETL-ViT.
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import warnings
 from pathlib import Path
@@ -54,7 +53,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from benchmarks.official.common import Report, images, max_diff, perturb, randomised_vit, run, with_head_of
+from benchmarks.official.common import (Report, check_vit_b_count, compare_eval, images, max_diff, perturb,
+                                        randomised_vit, run, search_space, vit_b, with_head_of)
 from benchmarks.official.load import LoadError, load_module
 
 REPOSITORY = "JieShibo/PETL-ViT"
@@ -139,7 +139,8 @@ class Official:
         return model
 
     def model(self, name: str, base: nn.Module, ours: nn.Module) -> nn.Module:
-        """``base`` with ``ours``'s head, through the official ``set_FacT``, holding ``ours``'s FacT tensors."""
+        """``base`` with ``ours``'s head, through the official ``set_FacT``, holding ``ours``'s FacT tensors;
+        the official file's global ``vit`` (which its forwards read) is this model."""
         hp = ours.peft_hparams
         ref = self.set_fact(name, with_head_of(base, ours), hp["rank"], hp["scale"])
         r = hp["rank"]
@@ -168,12 +169,7 @@ class Official:
                 raise LoadError("the model has layers the official FacT forwards do not run")
             attn.forward = without_mask(attn.forward)
             mlp.drop = mlp.drop1
-        ref.fact_module = name
         return ref.eval()
-
-    def forward(self, ref: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        self.modules[ref.fact_module].vit = ref
-        return ref(x)
 
 
 def check_forward_and_merge(report: Report, official: Official, base: nn.Module, x: torch.Tensor) -> None:
@@ -194,11 +190,8 @@ def check_forward_and_merge(report: Report, official: Official, base: nn.Module,
                     holder = getattr(block, parent)
                     captures[i, path] = Capture(getattr(holder, child))
                     setattr(holder, child, captures[i, path])
+            theirs = compare_eval(report, label, ours, ref, x, base, TOL)
             with torch.no_grad():
-                theirs = official.forward(ref, x)
-                moved = max_diff(theirs, with_head_of(base, ours)(x))
-                report.diff(f"{label}, eval: logits ours vs official (official vs the backbone: {moved:.1e})",
-                            max_diff(ours(x), theirs), TOL, ok=moved > 1e-2)
                 merged = methods.get(name).merge(ours).eval()
                 worst = 0.0
                 for (i, path), capture in captures.items():
@@ -212,39 +205,23 @@ def check_forward_and_merge(report: Report, official: Official, base: nn.Module,
 
 
 def check_count(report: Report, official: Official) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     for name, rank in COUNT_RANKS.items():
-        vit_b = create_meta("vit_base_patch16_224")
-        theirs = official.set_fact(name, copy.deepcopy(vit_b), rank, 1.0)
-        counted = sum(p.numel() for n, p in theirs.named_parameters() if "FacT" in n)
-        ours = methods.count_trainable(methods.get(name).apply(vit_b, num_classes=100, rank=rank))
-        report.add(f"count ViT-B/16, {name} rank {rank}: official total_param = ours", f"{counted:,} / {ours:,}",
-                   counted == ours)
+        check_vit_b_count(report, f"count ViT-B/16, {name} rank {rank}: official total_param = ours",
+                          official.set_fact(name, vit_b(), rank, 1.0), "FacT", name, rank=rank)
 
 
 def check_settings(report: Report, repo: Path) -> None:
-    import optuna
-
-    import methods
-
     for name, folder in (("fact_tt", "tt"), ("fact_tk", "tk")):
         configs = [yaml.safe_load(p.read_text()) for p in sorted((repo / "FacT/configs" / folder).glob("*.yaml"))]
         ranks = sorted({c["rank"] for c in configs})
         scales = sorted({float(c["scale"]) for c in configs})
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-        methods.get(name).search_space(trial)
-        space = {k: sorted(d.choices) for k, d in trial.distributions.items()}
+        space = {k: sorted(v) for k, v in search_space(name).items()}
         report.add(f"settings: the ranks and scales of the {len(configs)} official {folder} configs = our search "
                    f"space", f"{ranks}, {scales} / {space.get('rank')}, {space.get('scale')}",
                    bool(configs) and ranks == space.get("rank") and scales == space.get("scale"))
 
 
 def body(repo: Path, report: Report) -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     official = Official(repo)
     base, x = randomised_vit(**SHAPE), images(4, 32)
     check_forward_and_merge(report, official, base, x)
@@ -253,8 +230,8 @@ def body(repo: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
-    return run(__doc__, REPOSITORY, FILES, "methods/fact.py (registered 'fact_tt', 'fact_tk')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/fact.py (registered 'fact_tt', 'fact_tk')", body, argv,
+               old_timm=True)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from benchmarks.official.common import demo_vit, images, perturb
 from benchmarks.official.load import LoadError, commit_of, load_module, require
 
 REPOSITORY = "Arnav0400/ViT-Slim"
@@ -80,13 +81,6 @@ def official_from(layer_mod, ours) -> nn.Module:
     return official
 
 
-def perturb(module: nn.Module, std: float = 0.1) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn_like(p))
-
-
 def our_layer(peft, linear: nn.Linear):
     from peft.tuners.glora.layer import GloraLinear
 
@@ -102,21 +96,6 @@ def trainable(module: nn.Module) -> int:
 
 def formula(i: int, o: int) -> int:
     return 2 * RANK * (i + o) + RANK * (i + 1) + 2
-
-
-def demo_vit() -> nn.Module:
-    """tests/conftest.py's ``small_vit``: the demo architecture, seed 0, noise on every 1-d tensor."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    from bench.backbones import DEMO_CONFIG
-
-    torch.manual_seed(0)
-    model = VisionTransformer(num_classes=0, **DEMO_CONFIG)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 def check_config(report: Report) -> None:
@@ -140,7 +119,7 @@ def check_layers(report: Report, peft, layer_mod) -> None:
             at_init = max((ours(x) - base).abs().max().item(),
                           (official_from(layer_mod, ours)(x) - base).abs().max().item())
             report.diff(f"layer {label} {i}->{o}, init: ours and official vs backbone", at_init)
-            perturb(ours)
+            perturb(ours, std=0.1)
             mine, theirs = ours(x), official_from(layer_mod, ours)(x)
             moved = (mine - base).abs().max().item() > 1e-2
             report.diff(f"layer {label} {i}->{o}, perturbed: ours vs official", (mine - theirs).abs().max().item(),
@@ -152,7 +131,7 @@ def check_model(report: Report, layer_mod) -> None:
     from methods import peft_compat
 
     vit = demo_vit()
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = images(4, 32)
     torch.manual_seed(0)
     ours = methods.get("glora").apply(copy.deepcopy(vit), num_classes=10).eval()
     wrapped = [n for n, m in ours.named_modules() if peft_compat.is_tuner_layer(m)]
@@ -168,15 +147,15 @@ def check_model(report: Report, layer_mod) -> None:
 
     with torch.no_grad():
         reference = with_head(False)
-        logits = ours(images)
-        at_init = max((logits - reference(images)).abs().max().item(),
-                      (with_head(True)(images) - logits).abs().max().item())
+        logits = ours(x)
+        at_init = max((logits - reference(x)).abs().max().item(),
+                      (with_head(True)(x) - logits).abs().max().item())
         report.diff(f"demo ViT ({len(wrapped)} qkv), init: logits vs backbone and official", at_init)
-        perturb(ours)
-        logits = ours(images)
-        moved = (logits - reference(images)).abs().max().item() > 1e-2
+        perturb(ours, std=0.1)
+        logits = ours(x)
+        moved = (logits - reference(x)).abs().max().item() > 1e-2
         report.diff("demo ViT, perturbed: logits ours vs official",
-                    (logits - with_head(True)(images)).abs().max().item(), moved)
+                    (logits - with_head(True)(x)).abs().max().item(), moved)
 
 
 def check_init(report: Report, peft, layer_mod) -> None:

@@ -60,7 +60,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.official.common import Report, demo_vit, images, load_backbone, max_diff, run, with_head_of
+from benchmarks.official.common import (Report, demo_vit, images, load_backbone, max_diff, run, vit_b_count,
+                                        with_head_of)
 from benchmarks.official.load import LoadError, load_module
 
 REPOSITORY = "FightingFighting/GPS"
@@ -301,15 +302,12 @@ def check_contrastive_pass(report: Report, official: Official) -> None:
 
 
 def check_count_vit_b(report: Report, official: Official) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     torch.manual_seed(0)
     ref = official.model({}, 100, **VIT_B)
     for p in ref.parameters():
         p.grad = torch.randn_like(p)
     _, printed = official.masks(ref, 1)
-    ours = methods.count_trainable(methods.get("gps").apply(create_meta("vit_base_patch16_224"), num_classes=100))
+    ours = vit_b_count("gps")
     report.add("count ViT-B/16, k=1: official (printed, without the head) = ours", f"{printed:,} / {ours:,}",
                printed == ours)
 
@@ -324,10 +322,7 @@ def body(repo: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
-    return run(__doc__, REPOSITORY, FILES, "methods/gps.py (registered 'gps')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/gps.py (registered 'gps')", body, argv, old_timm=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ passed (logits and merged tensors within 1e-5, counts and settings exact), 1 oth
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import re
 import sys
@@ -47,7 +46,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from benchmarks.official.common import Report, images, max_diff, perturb, randomised_vit, run, with_head_of
+from benchmarks.official.common import (Report, check_vit_b_count, compare_eval, images, max_diff, perturb,
+                                        randomised_vit, run, search_space, vit_b, with_head_of)
 from benchmarks.official.load import load_module
 
 REPOSITORY = "luogen1996/RepAdapter"
@@ -95,11 +95,8 @@ def check_forward_and_merge(report: Report, repadapter) -> None:
             folded = official_model(repadapter, base, model, set_forward=False)
             repadapter.set_RepWeight(folded, method, dim=model.peft_hparams["dim"], s=s)
             merged = methods.get("repadapter").merge(model).eval()
+            theirs = compare_eval(report, label, model, ref, x, base, TOL)
             with torch.no_grad():
-                theirs = ref(x)
-                moved = max_diff(theirs, with_head_of(base, model)(x))
-                report.diff(f"{label}, eval: logits ours vs official (official vs the backbone: {moved:.1e})",
-                            max_diff(model(x), theirs), TOL, ok=moved > 1e-2)
                 weights, biases, names = 0.0, 0.0, set()
                 for i, block in enumerate(folded.blocks):
                     for _, linear in adapters(block, mode):
@@ -124,28 +121,19 @@ def check_forward_and_merge(report: Report, repadapter) -> None:
 
 
 def check_count(report: Report, repadapter) -> None:
-    import methods
-    from bench.backbones import create_meta
-
     for mode, method in METHODS.items():
-        vit_b = create_meta("vit_base_patch16_224")
-        theirs = copy.deepcopy(vit_b)
+        theirs = vit_b()
         repadapter.set_RepAdapter(theirs, method, dim=8, s=1)
-        counted = sum(p.numel() for n, p in theirs.named_parameters() if "adapter_" in n)
-        ours = methods.count_trainable(methods.get("repadapter").apply(vit_b, num_classes=100, mode=mode))
-        report.add(f"count ViT-B/16, {method}: official adapters = ours", f"{counted:,} / {ours:,}", counted == ours)
+        check_vit_b_count(report, f"count ViT-B/16, {method}: official adapters = ours", theirs, "adapter_",
+                          "repadapter", mode=mode)
 
 
 def check_settings(report: Report, repo: Path, repadapter) -> None:
-    import optuna
-
     import methods
     from methods.repadapter import DROPOUT
 
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     method = methods.get("repadapter")
-    method.search_space(trial)
-    ours = sorted(trial.distributions["scale"].choices)
+    ours = sorted(search_space("repadapter")["scale"])
     for script in ("search_repblock.sh", "search_repattn.sh"):
         text = (repo / "scripts" / script).read_text()
         scales = sorted({float(v) for v in re.findall(r"^\s*scale=([0-9.]+)", text, re.M)})
@@ -161,9 +149,6 @@ def check_settings(report: Report, repo: Path, repadapter) -> None:
 
 
 def body(repo: Path, report: Report) -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     repadapter = load_module(repo, "repadapter.py", "luogen_repadapter")
     check_forward_and_merge(report, repadapter)
     check_count(report, repadapter)
@@ -171,10 +156,8 @@ def body(repo: Path, report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # its old import paths
-    return run(__doc__, REPOSITORY, FILES, "methods/repadapter.py (registered 'repadapter')", body, argv)
+    return run(__doc__, REPOSITORY, FILES, "methods/repadapter.py (registered 'repadapter')", body, argv,
+               old_timm=True)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from benchmarks.official.common import Report, demo_vit, images, max_diff, perturb, run, with_head_of
+from benchmarks.official.common import Report, compare_logits, demo_vit, images, max_diff, perturb, run
 from benchmarks.official.load import LoadError, load_module
 
 REPOSITORY = "zstarN70/RLRR"
@@ -212,21 +212,8 @@ def check_rlrr(report: Report, off) -> None:
         ref = off.networks.RLRRVisionTransformer(official_config(base), img_size=base.patch_embed.img_size[0],
                                                  num_classes=10, zero_head=True, drop_path=rate, enable_rlrr=True)
         ref.load_state_dict(official_state(model.state_dict(), encoder_only=False), strict=True)
-        with torch.no_grad():
-            theirs = ref.eval()(x)
-            moved = max_diff(theirs, with_head_of(base, model)(x))
-            report.diff(f"rlrr, residual dropout {rate}, eval: logits ours vs official RLRRVisionTransformer "
-                        f"(official vs the backbone: {moved:.1e}, RLRR acts)", max_diff(model.eval()(x), theirs), TOL,
-                        ok=moved > 1e-2)
-            torch.manual_seed(5)
-            ours = model.train()(x)
-            torch.manual_seed(5)
-            theirs = ref.train()(x)
-            torch.manual_seed(6)
-            other = max_diff(model(x), ours)
-            acts = other > 1e-3 if rate else other == 0  # no dropout at all at rate 0
-            report.diff(f"rlrr, residual dropout {rate}, train mode, one seed: logits ours vs official "
-                        f"(another seed moves ours by {other:.1e})", max_diff(ours, theirs), TOL, ok=acts)
+        compare_logits(report, f"rlrr, residual dropout {rate}", model, ref, x, base, TOL, acts=("RLRR acts", ""),
+                       official="official RLRRVisionTransformer", stochastic=bool(rate))  # rate 0: no dropout at all
 
 
 def check_recipe(report: Report, off) -> None:
