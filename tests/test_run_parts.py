@@ -90,3 +90,32 @@ def test_records_name_the_experiment_and_every_hyperparameter(tmp_path):
     assert params["task"] == "digits" and params["data_sha256"] == runner.data_hash("digits")
     assert params["git_commit"] == runner.provenance["git_commit"]
     assert all(params[k] == v for k, v in experiment.params().items())
+
+
+def test_a_fit_mlflow_finished_but_optuna_never_heard_of_is_adopted_not_redone(tmp_path):
+    """A worker killed between finishing a final fit's MLflow run and telling Optuna leaves the run
+    FINISHED and its trial re-enqueued: the trial that picks it up adopts the run (no second fit),
+    and the run's ``optuna_trial`` tag names that trial, as the trial's ``mlflow_run_id`` names the run."""
+    import optuna
+
+    from bench.cli import main
+    from bench.run.study import open_storage
+    from conftest import find_study
+
+    args = ["run", "--methods", "linear", "--tasks", "digits", "--seeds", "1", "--trials", "1", "--epochs", "1",
+            "--jobs", "1", "--no-report", "--out", str(tmp_path)]
+    assert main(args) == 0
+    spec = build_spec(RunRequest.from_args(build_parser().parse_args(args)))
+    runner = protocol.Runner(spec)
+    task = spec.tasks[0]
+    storage = open_storage(None, tmp_path)
+    study = optuna.load_study(study_name=find_study(storage, "linear", "digits", final=True).study_name,
+                              storage=storage)
+    first, = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    study.enqueue_trial({}, user_attrs={k: first.user_attrs[k] for k in ("seed", "params", "run_key", "source")})
+    trial = study.ask()  # the re-enqueued fit, as the stale-trial retry gives it to the next worker
+    acc, fitted_now = runner.final_fit("linear", task, trial)
+    run = runner.client.get_run(first.user_attrs["mlflow_run_id"])
+    assert not fitted_now and acc == run.data.metrics[tracking.TEST_ACC]
+    assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+    assert run.data.tags["optuna_trial"] == str(trial.number) != str(first.number)

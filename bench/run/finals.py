@@ -109,8 +109,9 @@ class Finals:
         seed, params, key = trial.user_attrs["seed"], trial.user_attrs["params"], trial.user_attrs["run_key"]
         source = trial.user_attrs["source"]
         done = self._finished(key)
-        if done:
+        if done:  # this trial now stands for the run, in both stores (its first trial died untold)
             trial.set_user_attr("mlflow_run_id", done[0].info.run_id)
+            self.client.set_tag(done[0].info.run_id, "optuna_trial", trial.number)
             return done[0].data.metrics[tracking.TEST_ACC], False
         # this worker holds the fit's trial, so a RUNNING run of it is a dead worker's, on any host
         self._reap({"run_key": key}, alive=lambda owner: False)
