@@ -35,23 +35,28 @@ def train_step(step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: to
     return loss.detach()
 
 
+def method_step(method, model: nn.Module, step_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, device: str, precision: str | None, step: int) -> torch.Tensor:
+    """One optimizer step of ``model`` with ``method``'s (``methods.get(model.peft_method)``) per-step
+    hooks: its ``extra_loss`` in the loss and its ``after_step`` after the step, ``step`` being this
+    step's number in the fit (from 1). How ``bench.train.fit`` trains, and what ``method_steps`` times."""
+    loss = train_step(step_fn, optimizer, x, y, device, precision, functools.partial(method.extra_loss, model))
+    method.after_step(model, step)
+    return loss
+
+
 def method_steps(model: nn.Module, optimizer: torch.optim.Optimizer, device: str, precision: str | None = None,
                  step_fn=None, total_steps: int = 10_000) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``step(x, y)``: one optimizer step of ``model`` as a fit takes it, the method's per-step hooks
-    included (``begin_fit`` once with ``total_steps``, ``extra_loss`` in every step's loss,
-    ``after_step`` after it: AdaLoRA's regulariser and rank allocation), through ``step_fn`` (the
-    model, or its compiled form). What `bench perf`, `bench gpu-check` and the run planner time, so a
-    method's per-step work is in its throughput."""
+    """``step(x, y)``: one optimizer step of ``model`` as a fit takes it (``method_step``, after
+    ``begin_fit`` once with ``total_steps``), through ``step_fn`` (the model, or its compiled form).
+    What `bench perf`, `bench gpu-check` and the run planner time, so a method's per-step work
+    (AdaLoRA's regulariser and rank allocation) is in its throughput."""
     method = methods.get(model.peft_method)
     method.begin_fit(model, total_steps)
-    extra_loss = functools.partial(method.extra_loss, model)
     count = itertools.count(1)
-
     step_fn = model if step_fn is None else step_fn  # not `or`: a module's truth is its len(), if any
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = train_step(step_fn, optimizer, x, y, device, precision, extra_loss)
-        method.after_step(model, next(count))
-        return loss
+        return method_step(method, model, step_fn, optimizer, x, y, device, precision, next(count))
 
     return step

@@ -30,7 +30,7 @@ from methods.families import set_drop_path, set_residual_dropout
 from .checkpoints import Progress, resume, save_checkpoint
 from .compiled import compile_step, compiles
 from .device import autocast, peak_memory_mb, start_measuring
-from .steps import train_step
+from .steps import method_step
 
 CHECK_EVERY = 25  # steps between NaN/inf checks of the running loss (each one syncs the GPU)
 
@@ -281,7 +281,6 @@ def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _
     its last step and the fraction of its time its steps waited for their batches. The method's
     ``after_step`` follows every optimizer step."""
     method = methods.get(model.peft_method)
-    extra_loss = functools.partial(method.extra_loss, model)
     lr.start_epoch(epoch)
     model.train()
     epoch_start = time.perf_counter()
@@ -292,10 +291,10 @@ def _train_epoch(model: nn.Module, step_fn, loader: DataLoader, optimizer, lr: _
         data_wait += time.perf_counter() - ready  # time the step waited for its batch
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
         lr_used = optimizer.param_groups[0]["lr"]
-        loss_sum += train_step(step_fn, optimizer, x, y, device, precision, extra_loss).float() * y.numel()
+        loss = method_step(method, model, step_fn, optimizer, x, y, device, precision, progress.step + 1)
+        loss_sum += loss.float() * y.numel()
         seen += y.numel()
         progress.step += 1
-        method.after_step(model, progress.step)
         lr.after_step(progress.step)
         bar.update(1)
         if i % CHECK_EVERY == 0 or i == steps_per_epoch:

@@ -1,6 +1,6 @@
 """What ``torch.compile`` does to one training step's time on this machine (issue 29).
 
-Per method: the eager step of ``bench.train.train_step`` (AdamW, as `bench run` trains) and the same
+Per method: the eager step of ``bench.steps.train_step`` (AdamW, as `bench run` trains) and the same
 step with the model compiled by ``torch.compile`` (inductor, as ``--compile`` trains), in one process,
 their steps alternating (``bench.device.median_step_seconds``: each sees the same machine load), the
 median of each; and the time of the first compiled step (compiling included). Prints a markdown table.
@@ -26,7 +26,8 @@ import torch  # noqa: E402
 import methods  # noqa: E402
 from bench import backbones  # noqa: E402
 from bench.device import median_step_seconds  # noqa: E402
-from bench.train import make_optimizer, train_step  # noqa: E402
+from bench.steps import train_step  # noqa: E402
+from bench.train import make_optimizer  # noqa: E402
 
 NUM_CLASSES = 100
 

@@ -3,7 +3,7 @@
 Every registered method (parametrized over ``methods.names()``: a method registered later is
 covered at once) on the demo architecture (``small_vit``: random, non-trivial 1-d tensors):
 
-- bf16: a few training steps of ``bench.steps.train_step`` under bf16 autocast on CPU give finite
+- bf16: a few training steps of ``bench.bench_steps.train_step`` under bf16 autocast on CPU give finite
   losses close to fp32's, gradients reach exactly the trainable tensors (fp32, as the parameters
   stay), and after bf16 training the merged model still matches the adapted one in fp32 eval;
 - compile: the compiled step of a fit (``bench.train._step_fn`` with ``compile=True``) gives the
@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 import methods
 from bench import device as bench_device
+from bench import steps as bench_steps
 from bench import testing, train
 from bench.errors import UserError
 from bench.run.spec import parse_int_list
@@ -80,11 +81,11 @@ def adapted(name: str, backbone: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def fit_steps(model: nn.Module, step_fn, images: torch.Tensor, precision: str, steps: int = STEPS) -> list[float]:
-    """``steps`` optimizer steps of ``bench.steps.train_step`` (AdamW, no weight decay) on one batch;
+    """``steps`` optimizer steps of ``bench.bench_steps.train_step`` (AdamW, no weight decay) on one batch;
     the losses. The dropout's random numbers start from one seed, the same for every call."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     torch.manual_seed(1)
-    return [train.train_step(step_fn, opt, images, LABELS, "cpu", precision).item() for _ in range(steps)]
+    return [bench_steps.train_step(step_fn, opt, images, LABELS, "cpu", precision).item() for _ in range(steps)]
 
 
 # --------------------------------------------------------------------------- bf16 autocast on CPU
@@ -130,7 +131,7 @@ def test_train_step_runs_in_the_precision_asked_for():
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x, y = torch.randn(2, 4), torch.tensor([0, 1])
     for precision in ("bf16", "fp32", None):  # None: the device's default, fp32 on CPU
-        train.train_step(step_fn, opt, x, y, "cpu", precision)
+        bench_steps.train_step(step_fn, opt, x, y, "cpu", precision)
     assert seen == [torch.bfloat16, torch.float32, torch.float32]
     assert layer.weight.dtype == torch.float32
 

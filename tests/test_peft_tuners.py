@@ -636,7 +636,7 @@ def test_adalora_regulariser_is_the_term_peft_s_forward_adds(peft, vit, x):
 def test_adalora_regulariser_reaches_the_gradients(vit, x):
     """At init E = 0, so the cross-entropy gives P and Q no gradient: after ``train_step`` with the
     method's extra loss their gradients are exactly those of 0.1 x the mean ||P P^T - I||_F."""
-    from bench import train
+    from bench import steps as bench_steps
 
     method = methods.get("adalora")
     labels = torch.arange(len(x)) % 10
@@ -645,7 +645,7 @@ def test_adalora_regulariser_reaches_the_gradients(vit, x):
         model = applied("adalora", vit, 0).train()
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
         extra = (lambda m=model: method.extra_loss(m)) if with_extra else None
-        train.train_step(model, optimizer, x, labels, "cpu", extra_loss=extra)
+        bench_steps.train_step(model, optimizer, x, labels, "cpu", extra_loss=extra)
         grads[with_extra] = {n: p.grad for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
     assert len(grads[True]) == 2 * 16 and all(not g.any() for g in grads[False].values())
     factors = {n: p for n, p in applied("adalora", vit, 0).named_parameters() if n in grads[True]}

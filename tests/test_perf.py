@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import methods
+from bench import steps as bench_steps
 from bench import train
 from bench.backbones import create_backbone
 from bench.cli import main
@@ -94,7 +95,7 @@ def test_peft_methods_train_about_as_fast_as_full_or_faster():
     steps = {}
     for name in ("full", *SPEED_FLOORS):
         model = methods.get(name).apply(base, num_classes=100).train()
-        steps[name] = functools.partial(train.train_step, model, train.make_optimizer(model, 1e-4, 0.0, "cpu"),
+        steps[name] = functools.partial(bench_steps.train_step, model, train.make_optimizer(model, 1e-4, 0.0, "cpu"),
                                         x, y, "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tests above: a two-thread step on a busy 2-core machine scatters
@@ -142,7 +143,7 @@ def test_perf_on_another_family_refuses_a_method_it_cannot_run(tmp_path, capsys)
 def test_perf_times_dinov2_at_the_suites_image_size(monkeypatch):
     """DINOv2 is built for 518 px; its timings use the 224 px images the suites feed it."""
     shapes = []
-    real = train.train_step
+    real = bench_steps.train_step
 
     def spy(step_fn, optimizer, x, y, device, *rest):
         shapes.append(tuple(x.shape))
@@ -152,4 +153,6 @@ def test_perf_times_dinov2_at_the_suites_image_size(monkeypatch):
     with pytest.raises(StopIteration):
         measure_method("linear", "vit_base_patch14_dinov2", "cpu", batch_size=1, steps=1)
     assert shapes == [(1, 3, 224, 224)]
-    assert real is train.train_step
+    from bench.commands import perf
+
+    assert real is perf.train_step  # the patch reached method_steps' step only, not perf's own name

@@ -30,8 +30,8 @@ import methods
 from .. import backbones
 from ..device import device_class, peak_flops, peak_memory_mb, seconds_per_call
 from ..errors import UserError, first_line
-from ..steps import method_steps
-from ..train import make_optimizer, train_step
+from ..steps import method_steps, train_step
+from ..train import make_optimizer
 
 NUM_CLASSES = 100
 WARMUP = 2  # untimed steps before each measurement (the compiled one's first step compiles)

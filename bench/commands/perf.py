@@ -27,8 +27,8 @@ from ..files import atomic_write_text
 from ..report.format import fmt, markdown_table
 from ..device import (autocast, current_memory_mb, median_step_seconds, peak_flops, peak_memory_mb, resolve_device,
                       seconds_per_call)
-from ..steps import method_steps
-from ..train import make_optimizer, train_step
+from ..steps import method_steps, train_step
+from ..train import make_optimizer
 
 NUM_CLASSES = 100
 
